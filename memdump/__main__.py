@@ -1,0 +1,3 @@
+from memdump.cli import main
+
+main()

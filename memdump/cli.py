@@ -1,0 +1,198 @@
+"""The command line: the classic ``memdump [options] > image`` plus subcommands.
+
+A thin layer over the library: parse and check flags, choose the source before the first byte,
+run a walk, and turn every failure a user can cause into one line on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from memdump import __version__
+from memdump.errors import MemdumpError, OutputError, UsageError
+from memdump.host import Host
+from memdump.sink import Sink, open_output
+from memdump.sizes import parse_size
+from memdump.sources import NAMES, open_source, probe_all
+from memdump.walk import DEFAULT_READ_SIZE, RamWalk, ScanWalk
+
+PROG = "memdump"
+
+
+def remark(text: str) -> None:
+    """One line on stderr, prefixed like the original's remarks."""
+    click.echo(f"{PROG}: {text}", err=True)
+
+
+class SizeType(click.ParamType):
+    """SIZE with k/m/g suffixes (powers of 1024); 0 keeps the documented default."""
+
+    name = "SIZE"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_size(value, f"{param.opts[0]} value" if param else "size")
+        except UsageError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+SIZE = SizeType()
+
+
+class MapFile:
+    """``-m FILE`` or ``-m -`` (stderr): one ``0x%lx 0x%lx`` line per region, written as each
+    region closes. The file is created before the first byte is dumped, so a bad path costs
+    nothing."""
+
+    def __init__(self, target: str | None):
+        self.target = target
+        self.stream = None
+        if target is None:
+            return
+        if target == "-":
+            self.stream = sys.stderr
+            return
+        try:
+            self.stream = open(target, "w")
+        except OSError as exc:
+            raise UsageError(f"create map file {target}: {exc.strerror}") from None
+
+    def __call__(self, start: int, end: int) -> None:
+        if self.stream is None:
+            return
+        try:
+            self.stream.write(f"0x{start:x} 0x{end:x}\n")
+            self.stream.flush()
+        except OSError as exc:
+            raise OutputError(f"map file write error: {exc.strerror}") from None
+
+    def close(self) -> None:
+        if self.stream is not None and self.stream is not sys.stderr:
+            try:
+                self.stream.close()
+            except OSError as exc:
+                raise OutputError(f"map file write error: {exc.strerror}") from None
+
+
+def run_dump(*, buffer_size: int, kernel: bool, map_target: str | None, page_size: int,
+             dump_size: int, verbose: int, source_name: str, scan: bool, root: str | None,
+             output: str | None) -> None:
+    host = Host.at(root)
+    say = (lambda level, text: remark(text) if verbose >= level else None)
+    if page_size == 0:
+        page_size = host.page_size()
+    explicit_read_size = buffer_size != 0
+    if buffer_size == 0:
+        buffer_size = page_size
+    if buffer_size > 1 << 30:
+        raise UsageError(f"-b {buffer_size}: read size above 1 GiB")
+    if page_size > 1 << 30:
+        raise UsageError(f"-p {page_size}: page size above 1 GiB")
+
+    # Everything that can be refused is refused before the first byte is written.
+    out_fd = open_output(output) if output else 1
+    try:
+        sink = Sink(out_fd, name=output or "stdout")
+    except OSError as exc:
+        raise UsageError(f"cannot write the image: {exc.strerror} (is stdout closed?)") from None
+    if sink.is_terminal:
+        raise UsageError("refusing to write a memory image to a terminal; redirect stdout or use -o PATH")
+    source = open_source(source_name, host, kernel, warn=lambda text: say(1, text))
+    try:
+        for value, what in ((buffer_size, "-b"), (page_size, "-p")):
+            if value % source.granularity:
+                raise UsageError(f"{what} {value}: {source.name} needs multiples of {source.granularity} bytes")
+        map_file = MapFile(map_target)
+        say(1, f"source {source.name}")
+        say(1, f"dump size {dump_size:#x}")
+        say(1, f"page size {page_size:#x}")
+        say(1, f"buffer size {buffer_size:#x}")
+        common = dict(page_size=page_size, limit=dump_size, on_region=map_file,
+                      remark=lambda level, text: say(level, text))
+        if scan:
+            walk = ScanWalk(source, sink, read_size=buffer_size, exact_reads=explicit_read_size, **common)
+        else:
+            if not source.ranges():
+                raise UsageError(f"{source.name} publishes no map of what to read here; use --scan")
+            read_size = buffer_size if explicit_read_size else max(DEFAULT_READ_SIZE, page_size)
+            walk = RamWalk(source, sink, read_size=read_size, **common)
+        result = walk.run()
+        sink.close()
+        map_file.close()
+        say(1, f"wrote {result.bytes_written:#x} bytes in {len(result.regions)} regions, "
+               f"{len(result.holes)} holes; stopped: {result.stopped}")
+    finally:
+        source.close()
+        if output:
+            os.close(out_fd)
+
+
+CONTEXT = dict(help_option_names=["--help"], max_content_width=100)
+
+
+@click.group(invoke_without_command=True, context_settings=CONTEXT)
+@click.option("-b", "buffer_size", type=SIZE, default="0", metavar="SIZE",
+              help="Bytes per read operation (default 0: the page size).")
+@click.option("-k", "kernel", is_flag=True, help="Dump kernel (virtual) memory instead of physical memory.")
+@click.option("-m", "map_target", metavar="FILE",
+              help="Write the memory map: one '0x<start> 0x<end>' line per dumped region; '-' is stderr.")
+@click.option("-p", "page_size", type=SIZE, default="0", metavar="SIZE",
+              help="Memory page size, the step over a hole (default 0: the system page size).")
+@click.option("-s", "dump_size", type=SIZE, default="0", metavar="SIZE",
+              help="Number of memory bytes to dump (default 0: all).")
+@click.option("-v", "verbose", count=True, help="Verbose remarks on stderr; repeat for more.")
+@click.option("--source", "source_name", type=click.Choice(("auto",) + NAMES), default="auto",
+              show_default=True, help="Where memory is read from; auto picks the first usable source.")
+@click.option("--scan", is_flag=True,
+              help="The original blind walk from address 0 (reads MMIO too); default: RAM ranges only.")
+@click.option("--root", metavar="DIR", help="Resolve /dev, /proc, /sys and /boot under DIR (a fake machine).")
+@click.option("-o", "--output", metavar="PATH", help="Write the image to PATH (created, never overwritten).")
+@click.version_option(__version__, prog_name=PROG)
+@click.pass_context
+def cli(ctx, **options):
+    """Dump system memory to standard output, skipping holes in memory maps.
+
+    SIZE takes k, m and g suffixes (case-insensitive, powers of 1024). Run 'memdump sources' to
+    see which memory sources work on this machine and why the others do not.
+    """
+    if ctx.invoked_subcommand is None:
+        run_dump(**options)
+
+
+@cli.command("sources")
+@click.option("-k", "kernel", is_flag=True, help="Probe for kernel (virtual) memory instead.")
+@click.option("--root", metavar="DIR", help="Probe the fake machine under DIR.")
+def sources_command(kernel: bool, root: str | None):
+    """List every memory source: usable or not, and why."""
+    host = Host.at(root)
+    for probe in probe_all(host, kernel):
+        click.echo(probe.line())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: one line on stderr and a non-zero exit for anything a user can cause."""
+    try:
+        cli.main(args=argv, prog_name=PROG, standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        remark("interrupted")
+        sys.exit(130)
+    except click.ClickException as exc:
+        remark(exc.format_message().replace("\n", " "))
+        sys.exit(2)
+    except MemdumpError as exc:
+        remark(str(exc))
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        remark("interrupted")
+        sys.exit(130)
+    except BrokenPipeError:
+        remark("output write error: Broken pipe")
+        sys.exit(1)
+    sys.exit(0)

@@ -1,0 +1,162 @@
+"""The DevMemory interface: one small contract every memory source satisfies.
+
+A source has a name, a side-effect-free probe that says whether it can run here and why not,
+the sorted half-open ranges it will serve, and a read that returns bytes or raises HoleError
+naming the address. Sources never pad silently: what they cannot read is an error the walker
+records.
+"""
+
+from __future__ import annotations
+
+import abc
+import errno
+import os
+from dataclasses import dataclass
+from typing import ClassVar
+
+from memdump.errors import HoleError, SourceUnavailable
+from memdump.host import Host
+from memdump.iomem import Iomem, Range
+
+USABLE = "usable"
+# Opens and reads, but the kernel restricts it (STRICT_DEVMEM): auto passes it over; an explicit
+# --source still runs it (with a warning), which is what --scan -s 1m on /dev/mem needs.
+LIMITED = "limited"
+UNUSABLE = "unusable"
+
+
+@dataclass(frozen=True)
+class Probe:
+    source: str
+    status: str
+    reason: str
+
+    @property
+    def usable(self) -> bool:
+        return self.status == USABLE
+
+    def line(self) -> str:
+        return f"{self.source:<9} {self.status:<9} {self.reason}"
+
+
+class DevMemory(abc.ABC):
+    """A readable memory: physical addresses, or kernel virtual ones when ``kernel`` is true."""
+
+    name: ClassVar[str]
+    #: what the user reads in ``memdump sources``
+    description: ClassVar[str] = ""
+    #: whether this source can serve kernel virtual memory (-k) and physical memory
+    serves_kernel: ClassVar[bool] = False
+    serves_physical: ClassVar[bool] = True
+    #: reads must start and be sized in multiples of this (1: any byte)
+    granularity: int = 1
+
+    def __init__(self, host: Host, kernel: bool = False):
+        self.host = host
+        self.kernel = kernel
+
+    # -- probing (no side effects) --------------------------------------------------------------
+
+    @classmethod
+    @abc.abstractmethod
+    def probe(cls, host: Host, kernel: bool = False) -> Probe:
+        """Say whether this source can run on ``host`` and, if not, why."""
+
+    # -- reading --------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def ranges(self) -> list[Range]:
+        """Sorted, non-overlapping, half-open ranges this source serves (RAM, never MMIO)."""
+
+    @abc.abstractmethod
+    def readinto(self, address: int, view: memoryview) -> int:
+        """Read up to ``len(view)`` bytes at ``address``.
+
+        Returns the count (short counts allowed; 0 means end of the device) or raises HoleError.
+        """
+
+    def scan_end(self) -> int:
+        """First address beyond anything a blind scan (``--scan``) may read; bounds the walk."""
+        ranges = self.ranges()
+        return ranges[-1].end if ranges else 0
+
+    def zero_copy(self, address: int) -> tuple[int, int] | None:
+        """``(fd, file offset)`` to splice ``address`` from, or None when only reads work."""
+        return None
+
+    def read(self, address: int, size: int) -> bytes:
+        """Read exactly ``size`` bytes or raise HoleError (for callers that want all or nothing)."""
+        buffer = bytearray(size)
+        view = memoryview(buffer)
+        done = 0
+        while done < size:
+            try:
+                count = self.readinto(address + done, view[done:])
+            except InterruptedError:
+                continue
+            if count == 0:
+                raise HoleError(self.name, address + done, errno.EFAULT, "end of device")
+            done += count
+        return bytes(buffer)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class FileDevMemory(DevMemory):
+    """A source backed by a file or device node whose offset is the address (``/dev/mem`` style)."""
+
+    path: ClassVar[str]
+
+    def __init__(self, host: Host, kernel: bool = False):
+        super().__init__(host, kernel)
+        self.filename = host.path(self.path)
+        try:
+            self.fd = os.open(self.filename, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise SourceUnavailable(self.name, f"cannot open {self.path}: {exc.strerror}") from None
+        self._zero_copy = True
+
+    def readinto(self, address: int, view: memoryview) -> int:
+        try:
+            return os.preadv(self.fd, [view], self.file_offset(address))
+        except InterruptedError:
+            raise
+        except OSError as exc:
+            raise HoleError(self.name, address, exc.errno or errno.EIO) from None
+
+    def file_offset(self, address: int) -> int:
+        return address
+
+    def zero_copy(self, address: int) -> tuple[int, int] | None:
+        return (self.fd, self.file_offset(address)) if self._zero_copy else None
+
+    def disable_zero_copy(self) -> None:
+        """The node refused splice (character devices without splice_read): read from now on."""
+        self._zero_copy = False
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def iomem_ram(host: Host, source: str) -> list[Range]:
+    """System RAM ranges from the host's /proc/iomem, or SourceUnavailable saying why not."""
+    text = host.read_text("/proc/iomem")
+    if text is None:
+        raise SourceUnavailable(source, "cannot read /proc/iomem")
+    iomem = Iomem.parse(text)
+    if iomem.addresses_hidden:
+        raise SourceUnavailable(
+            source, "/proc/iomem shows zero addresses: reading it needs CAP_SYS_ADMIN (run as root)")
+    ranges = iomem.ram_ranges()
+    if not ranges:
+        raise SourceUnavailable(source, "/proc/iomem lists no System RAM")
+    return ranges
