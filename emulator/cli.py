@@ -37,6 +37,7 @@ def _pages(ctx, param, value):
 @click.option("--no-kcore", is_flag=True, help="Do not write proc/kcore (saves space for big machines).")
 @click.option("--kcore-paddr", type=click.Choice(["real", "zero"]), default="real",
               help="'zero' writes p_paddr 0 everywhere, as kernels before 4.11 did.")
+@click.option("--kmod", is_flag=True, help="Also write dev/memdump, as if memdump's module were loaded.")
 @click.option("--hidden-iomem", is_flag=True, help="Write /proc/iomem as a non-root reader sees it (zeros).")
 @click.option("--behaviour", type=click.Choice(BEHAVIOURS), default="module",
               help="What --source emulator does on this root.")
@@ -44,7 +45,7 @@ def _pages(ctx, param, value):
               help="Pages that fail with EIO under --source emulator.")
 @click.option("--short-every", type=int, default=0, help="Every Nth read stops at a page boundary.")
 @click.option("--eintr-every", type=int, default=0, help="Every Nth read is interrupted (EINTR) once.")
-def cli(seed, ram_size, out, strict_devmem, lockdown, no_kcore, kcore_paddr, hidden_iomem,
+def cli(seed, ram_size, out, strict_devmem, lockdown, no_kcore, kcore_paddr, kmod, hidden_iomem,
         behaviour, eio_pages, short_every, eintr_every):
     """Write an emulated machine with holes as a fake root directory."""
     try:
@@ -53,7 +54,7 @@ def cli(seed, ram_size, out, strict_devmem, lockdown, no_kcore, kcore_paddr, hid
         raise click.BadParameter(str(exc), param_hint="--ram") from None
     truth = write_root(machine, out, strict_devmem=strict_devmem,
                        lockdown=None if lockdown == "none" else lockdown, kcore=not no_kcore,
-                       kcore_paddr=kcore_paddr, hidden_iomem=hidden_iomem, behaviour=behaviour,
+                       kcore_paddr=kcore_paddr, kmod=kmod, hidden_iomem=hidden_iomem, behaviour=behaviour,
                        faults=Faults(eio_pages, short_every, eintr_every))
     click.echo(f"{out}: {len(truth['ram'])} RAM ranges, {machine.ram_bytes} bytes of RAM, "
                f"address space ends at {machine.address_space_end:#x}")
@@ -70,3 +71,7 @@ def main(argv=None):
     except OSError as exc:
         click.echo(f"memdump-emulator: {exc.filename or ''}: {exc.strerror}", err=True)
         sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

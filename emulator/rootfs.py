@@ -91,7 +91,8 @@ def vmcoreinfo(machine: Machine) -> str:
 
 def write_root(machine: Machine, out: str, *, strict_devmem: bool = False, lockdown: str | None = None,
                kcore: bool = True, kcore_paddr: str = "real", devmem: bool = True,
-               hidden_iomem: bool = False, behaviour: str = "module", faults: Faults | None = None) -> dict:
+               hidden_iomem: bool = False, behaviour: str = "module", faults: Faults | None = None,
+               kmod: bool = False) -> dict:
     """Write the fake root; returns the truth it also stores in ``truth.json``."""
     os.makedirs(out, exist_ok=True)
     iomem = _hidden(machine.iomem) if hidden_iomem else machine.iomem
@@ -109,6 +110,13 @@ def write_root(machine: Machine, out: str, *, strict_devmem: bool = False, lockd
     os.makedirs(os.path.join(out, "dev"), exist_ok=True)
     if devmem:
         write_devmem(machine, os.path.join(out, "dev", "mem"))
+    if kmod:
+        # The module's device as a file: the same image (a hard link costs no space) and the
+        # directory the kernel creates for a loaded module.
+        if not devmem:
+            write_devmem(machine, os.path.join(out, "dev", "mem"))
+        os.link(os.path.join(out, "dev", "mem"), os.path.join(out, "dev", "memdump"))
+        os.makedirs(os.path.join(out, "sys", "module", "memdump"), exist_ok=True)
     if kcore:
         write_kcore(machine, os.path.join(out, "proc", "kcore"), kcore_paddr)
     truth = {

@@ -76,6 +76,46 @@ class Sink:
             self.write(zeros[:piece])
             count -= piece
 
+    def skip(self, count: int, zeros: memoryview) -> None:
+        """``count`` zero bytes of output: a seek on a regular file (which stays sparse), written
+        zeros anywhere else. Hashed and counted as zeros either way; call ``end_sparse`` last."""
+        if count <= 0:
+            return
+        if not self.sparse:
+            self.write_zeros(count, zeros)
+            return
+        for hasher in self.hashers.values():
+            left = count
+            while left:
+                piece = min(left, len(zeros))
+                hasher.update(zeros[:piece])
+                left -= piece
+        try:
+            os.lseek(self.fd, count, os.SEEK_CUR)
+        except OSError as exc:
+            raise self._fail(exc) from None
+        self.written += count
+        self._skipped = True
+
+    @property
+    def sparse(self) -> bool:
+        """Whether ``skip`` may seek: a regular file not opened for appending."""
+        if not hasattr(self, "_sparse"):
+            try:
+                appending = fcntl.fcntl(self.fd, fcntl.F_GETFL) & os.O_APPEND
+                self._sparse = self.is_file and not appending and os.lseek(self.fd, 0, os.SEEK_CUR) >= 0
+            except OSError:
+                self._sparse = False
+        return self._sparse
+
+    def end_sparse(self) -> None:
+        """Give a file that ends in skipped bytes its full length (a seek alone writes nothing)."""
+        if getattr(self, "_skipped", False):
+            try:
+                os.ftruncate(self.fd, os.lseek(self.fd, 0, os.SEEK_CUR))
+            except OSError as exc:
+                raise self._fail(exc) from None
+
     def sendfile(self, src_fd: int, offset: int, count: int) -> int | None:
         """Copy from a file without passing through userspace. Returns the count moved (0 at the
         source's end) or None when this pair cannot zero-copy (the caller reads instead)."""

@@ -170,7 +170,8 @@ class RamWalk:
         self.remark = remark
 
     def run(self) -> WalkResult:
-        result = WalkResult()
+        # kept on the walk too, so a caller can account for what was done when the output fails
+        self.result = result = WalkResult()
         regions = _Regions(self.on_region, result)
         ranges = self.source.ranges()
         try:
@@ -229,7 +230,8 @@ class ScanWalk:
         self.remark = remark
 
     def run(self) -> WalkResult:
-        result = WalkResult()
+        # kept on the walk too, so a caller can account for what was done when the output fails
+        self.result = result = WalkResult()
         regions = _Regions(self.on_region, result)
         end = self.source.scan_end()
         where = 0

@@ -1,0 +1,83 @@
+"""Shared fixtures: emulated machines (the truth) and fake roots written from them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from emulator.machine import Machine
+from emulator.rootfs import write_root
+from memdump.cli import main
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(REPO, "tests", "fixtures")
+
+
+@pytest.fixture(scope="session")
+def root_factory(tmp_path_factory):
+    """``make(name, seed=..., ram=..., **write_root options) -> (root path, Machine)``, cached."""
+    made: dict = {}
+
+    def make(name: str, seed: int = 7, ram: int = 16 << 20, **options):
+        key = (name, seed, ram, tuple(sorted(options.items())))
+        if key not in made:
+            machine = Machine(seed=seed, ram_size=ram)
+            path = str(tmp_path_factory.mktemp(name))
+            write_root(machine, path, **options)
+            made[key] = (path, machine)
+        return made[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def plain_root(root_factory):
+    return root_factory("plain", kmod=True)
+
+
+def expected_ram_walk(machine: Machine, bad_pages=frozenset(), limit: int = 0):
+    """What a RAM walk must produce, from the truth alone: every RAM byte except bad pages, in
+    address order, regions = maximal contiguous runs, capped at ``limit`` bytes."""
+    spans = []
+    page = machine.page_size
+    for r in machine.ram:
+        address = r.start
+        while address < r.end:
+            step_end = min(address - address % page + page, r.end)
+            if address - address % page not in bad_pages:
+                if spans and spans[-1][1] == address:
+                    spans[-1][1] = step_end
+                else:
+                    spans.append([address, step_end])
+            address = step_end
+    if limit:
+        capped, left = [], limit
+        for start, end in spans:
+            if left <= 0:
+                break
+            take = min(end - start, left)
+            capped.append([start, start + take])
+            left -= take
+        spans = capped
+    data = b"".join(machine.contents(s, e) for s, e in spans)
+    return data, [(s, e) for s, e in spans]
+
+
+def map_lines(regions) -> str:
+    return "".join(f"0x{s:x} 0x{e:x}\n" for s, e in regions)
+
+
+def run_main(capfd, *args):
+    """Run the CLI in-process as the console script does; returns (exit code, stdout bytes, stderr)."""
+    with pytest.raises(SystemExit) as stop:
+        main(list(args))
+    out, err = capfd.readouterr()
+    return stop.value.code, out, err.decode() if isinstance(err, bytes) else err
+
+
+def run_subprocess(*args, **kwargs):
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", "memdump", *args], capture_output=True, env=env, **kwargs)
