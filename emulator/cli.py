@@ -44,9 +44,11 @@ def _pages(ctx, param, value):
 @click.option("--eio-pages", callback=_pages, default="", metavar="ADDR,...",
               help="Pages that fail with EIO under --source emulator.")
 @click.option("--short-every", type=int, default=0, help="Every Nth read stops at a page boundary.")
+@click.option("--granularity", type=click.IntRange(1), default=1,
+              help="--source emulator takes only reads aligned to and sized in multiples of this.")
 @click.option("--eintr-every", type=int, default=0, help="Every Nth read is interrupted (EINTR) once.")
 def cli(seed, ram_size, out, strict_devmem, lockdown, no_kcore, kcore_paddr, kmod, hidden_iomem,
-        behaviour, eio_pages, short_every, eintr_every):
+        behaviour, eio_pages, short_every, granularity, eintr_every):
     """Write an emulated machine with holes as a fake root directory."""
     try:
         machine = Machine(seed=seed, ram_size=ram_size)
@@ -55,7 +57,7 @@ def cli(seed, ram_size, out, strict_devmem, lockdown, no_kcore, kcore_paddr, kmo
     truth = write_root(machine, out, strict_devmem=strict_devmem,
                        lockdown=None if lockdown == "none" else lockdown, kcore=not no_kcore,
                        kcore_paddr=kcore_paddr, kmod=kmod, hidden_iomem=hidden_iomem, behaviour=behaviour,
-                       faults=Faults(eio_pages, short_every, eintr_every))
+                       faults=Faults(eio_pages, short_every, eintr_every), granularity=granularity)
     click.echo(f"{out}: {len(truth['ram'])} RAM ranges, {machine.ram_bytes} bytes of RAM, "
                f"address space ends at {machine.address_space_end:#x}")
 

@@ -48,7 +48,7 @@ class EmulatedMemory(DevMemory):
     serves_kernel = True
 
     def __init__(self, host: Host | None = None, kernel: bool = False, *, machine: Machine | None = None,
-                 behaviour: str = "module", faults: Faults | None = None):
+                 behaviour: str = "module", faults: Faults | None = None, granularity: int = 1):
         super().__init__(host or Host(), kernel)
         if behaviour not in BEHAVIOURS:
             raise ValueError(f"unknown behaviour {behaviour!r}")
@@ -56,6 +56,8 @@ class EmulatedMemory(DevMemory):
         self.behaviour = behaviour
         self.faults = faults or Faults()
         self.page_size = self.machine.page_size
+        # a device that only takes aligned reads (as O_DIRECT-style devices do): tests -b checks
+        self.granularity = granularity
         self.reads = 0
         self._kernel_map = self._kernel_mappings() if kernel else []
 
@@ -92,6 +94,8 @@ class EmulatedMemory(DevMemory):
             raise InterruptedError(errno.EINTR, "Interrupted system call")
         if len(view) == 0:
             return 0
+        if address % self.granularity or len(view) % self.granularity:
+            raise HoleError(self.name, address, errno.EINVAL, f"reads must be {self.granularity}-byte aligned")
         if self.kernel:
             data = self._read_kernel(address, len(view))
         elif self.behaviour == "strict-devmem":
@@ -186,5 +190,6 @@ def from_host(host: Host, kernel: bool = False) -> EmulatedMemory:
     if host.root != "/" and os.path.exists(os.path.join(host.root, TRUTH)):
         machine, truth = load_truth(host.root)
         return EmulatedMemory(host, kernel, machine=machine, behaviour=truth["behaviour"],
-                              faults=Faults.from_dict(truth["faults"]))
+                              faults=Faults.from_dict(truth["faults"]),
+                              granularity=truth.get("granularity", 1))
     return EmulatedMemory(host, kernel)

@@ -92,7 +92,7 @@ def vmcoreinfo(machine: Machine) -> str:
 def write_root(machine: Machine, out: str, *, strict_devmem: bool = False, lockdown: str | None = None,
                kcore: bool = True, kcore_paddr: str = "real", devmem: bool = True,
                hidden_iomem: bool = False, behaviour: str = "module", faults: Faults | None = None,
-               kmod: bool = False) -> dict:
+               kmod: bool = False, granularity: int = 1) -> dict:
     """Write the fake root; returns the truth it also stores in ``truth.json``."""
     os.makedirs(out, exist_ok=True)
     iomem = _hidden(machine.iomem) if hidden_iomem else machine.iomem
@@ -129,6 +129,7 @@ def write_root(machine: Machine, out: str, *, strict_devmem: bool = False, lockd
         "lockdown": chosen,
         "behaviour": behaviour,
         "faults": (faults or Faults()).to_dict(),
+        "granularity": granularity,
         "sha256_ram": machine.digest(),
     }
     _write(out, TRUTH, json.dumps(truth, indent=1) + "\n")

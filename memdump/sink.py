@@ -1,11 +1,17 @@
 """Where the image goes: a file descriptor (stdout or ``-o PATH``) written with as few copies as
-the kernel allows, and the digests of everything written."""
+the kernel allows, and the digests of everything written.
+
+Hashing runs beside the I/O when the process may use more than one CPU: ``write`` copies the
+bytes into one of a few page-aligned slots and a worker thread hashes full slots in order
+(hashlib releases the GIL on large buffers), so reading, writing and hashing overlap. On one CPU
+the hashes are updated inline: a thread there would only add copies and context switches.
+"""
 
 from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
+import mmap
 import os
 import stat
 
@@ -18,6 +24,9 @@ OUTPUT_ERRNOS = {errno.EPIPE, errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EBA
 # errors that only mean "this pair of descriptors cannot do zero-copy"
 NO_ZERO_COPY = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV}
 
+HASH_SLOT = 1 << 20  # bytes handed to the hashing thread at a time (well above hashlib's GIL cut-off)
+HASH_SLOTS = 4  # slots in flight: the writer runs up to three slots ahead of the hasher
+
 
 def open_output(path: str) -> int:
     """Create ``path`` for an image: never overwrite, never follow a link, readable by root only."""
@@ -29,15 +38,110 @@ def open_output(path: str) -> int:
         raise UsageError(f"-o {path}: {exc.strerror}") from None
 
 
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+class HashThread:
+    """Feeds a byte stream to hashers on a worker thread, in order.
+
+    ``feed`` copies into the current slot (so the caller may reuse its buffer at once) and hands
+    full slots to the worker; ``sync`` waits until everything fed so far is hashed.
+    """
+
+    def __init__(self, hashers: list, slot_size: int = HASH_SLOT, slots: int = HASH_SLOTS):
+        import queue
+        import threading
+
+        self.hashers = hashers
+        self.slot_size = slot_size
+        self.todo: queue.SimpleQueue = queue.SimpleQueue()
+        self.free: queue.SimpleQueue = queue.SimpleQueue()
+        self.buffers = [mmap.mmap(-1, slot_size) for _ in range(slots)]
+        for buffer in self.buffers[1:]:
+            self.free.put(memoryview(buffer))
+        self.slot = memoryview(self.buffers[0])
+        self.fill = 0
+        self.error: BaseException | None = None
+        self.worker = threading.Thread(target=self._work, name="memdump-hash", daemon=True)
+        self.worker.start()
+
+    def _work(self) -> None:
+        todo, free, hashers = self.todo, self.free, self.hashers
+        while True:
+            item = todo.get()
+            if item is None:
+                return
+            slot, count = item
+            if count < 0:  # a sync marker: ``slot`` is the event to set
+                slot.set()
+                continue
+            try:
+                if self.error is None:
+                    piece = slot[:count]
+                    for hasher in hashers:
+                        hasher.update(piece)
+            except BaseException as exc:  # surfaced by sync(); the stream goes on unhashed
+                self.error = exc
+            free.put(slot)
+
+    def feed(self, view: memoryview) -> None:
+        total = len(view)
+        done = 0
+        size = self.slot_size
+        while done < total:
+            room = size - self.fill
+            piece = min(room, total - done)
+            self.slot[self.fill:self.fill + piece] = view[done:done + piece]
+            self.fill += piece
+            done += piece
+            if self.fill == size:
+                self._dispatch()
+
+    def _dispatch(self) -> None:
+        self.todo.put((self.slot, self.fill))
+        self.slot = self.free.get()
+        self.fill = 0
+
+    def sync(self) -> None:
+        import threading
+
+        if self.fill:
+            self._dispatch()
+        done = threading.Event()
+        self.todo.put((done, -1))
+        done.wait()
+        if self.error is not None:
+            raise self.error
+
+    def stop(self) -> None:
+        if self.worker.is_alive():
+            self.todo.put(None)
+            self.worker.join()
+
+
 class Sink:
     """A byte stream out. Counts and optionally hashes what it writes; EPIPE/ENOSPC become
-    OutputError so a caller can say where the image stops."""
+    OutputError so a caller can say where the image stops.
 
-    def __init__(self, fd: int, hashes: tuple[str, ...] = (), name: str = "stdout"):
+    ``hash_thread``: hash on a worker thread (True), inline (False), or decide by the CPUs this
+    process may run on (None, the default). The digests are the same either way.
+    """
+
+    def __init__(self, fd: int, hashes: tuple[str, ...] = (), name: str = "stdout",
+                 hash_thread: bool | None = None):
         self.fd = fd
         self.name = name
         self.written = 0
-        self.hashers = {alg: hashlib.new(alg) for alg in hashes}
+        if hashes:
+            import hashlib  # only on the hashing path: it costs start-up time
+
+            self.hashers = {alg: hashlib.new(alg) for alg in hashes}
+        else:
+            self.hashers = {}
         mode = os.fstat(fd).st_mode
         self.is_pipe = stat.S_ISFIFO(mode)
         self.is_file = stat.S_ISREG(mode)
@@ -49,19 +153,31 @@ class Sink:
                 fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
             except OSError:
                 pass  # pipe-max-size may be lower; the default pipe still works
+        if hash_thread is None:
+            hash_thread = usable_cpus() > 1
+        self._hash_thread = HashThread(list(self.hashers.values())) if self.hashers and hash_thread else None
+
+    @property
+    def threaded_hashing(self) -> bool:
+        return self._hash_thread is not None
 
     def _fail(self, exc: OSError) -> OutputError:
         return OutputError(f"output write error on {self.name} after {self.written} bytes: {exc.strerror}")
 
     def write(self, data) -> None:
         view = memoryview(data)
-        for hasher in self.hashers.values():
-            hasher.update(view)
+        if view.format != "B" or view.ndim != 1:
+            view = view.cast("B")
+        if self._hash_thread is not None:
+            self._hash_thread.feed(view)
+        else:
+            for hasher in self.hashers.values():
+                hasher.update(view)
         total = len(view)
         done = 0
         while done < total:
             try:
-                done += os.write(self.fd, view[done:])
+                done += os.write(self.fd, view[done:] if done else view)
             except InterruptedError:
                 continue
             except OSError as exc:
@@ -76,66 +192,40 @@ class Sink:
             self.write(zeros[:piece])
             count -= piece
 
-    def skip(self, count: int, zeros: memoryview) -> None:
-        """``count`` zero bytes of output: a seek on a regular file (which stays sparse), written
-        zeros anywhere else. Hashed and counted as zeros either way; call ``end_sparse`` last."""
-        if count <= 0:
-            return
-        if not self.sparse:
-            self.write_zeros(count, zeros)
-            return
-        for hasher in self.hashers.values():
-            left = count
-            while left:
-                piece = min(left, len(zeros))
-                hasher.update(zeros[:piece])
-                left -= piece
-        try:
-            os.lseek(self.fd, count, os.SEEK_CUR)
-        except OSError as exc:
-            raise self._fail(exc) from None
-        self.written += count
-        self._skipped = True
-
-    @property
-    def sparse(self) -> bool:
-        """Whether ``skip`` may seek: a regular file not opened for appending."""
-        if not hasattr(self, "_sparse"):
-            try:
-                appending = fcntl.fcntl(self.fd, fcntl.F_GETFL) & os.O_APPEND
-                self._sparse = self.is_file and not appending and os.lseek(self.fd, 0, os.SEEK_CUR) >= 0
-            except OSError:
-                self._sparse = False
-        return self._sparse
-
-    def end_sparse(self) -> None:
-        """Give a file that ends in skipped bytes its full length (a seek alone writes nothing)."""
-        if getattr(self, "_skipped", False):
-            try:
-                os.ftruncate(self.fd, os.lseek(self.fd, 0, os.SEEK_CUR))
-            except OSError as exc:
-                raise self._fail(exc) from None
-
     def sendfile(self, src_fd: int, offset: int, count: int) -> int | None:
         """Copy from a file without passing through userspace. Returns the count moved (0 at the
         source's end) or None when this pair cannot zero-copy (the caller reads instead)."""
-        try:
-            moved = os.sendfile(self.fd, src_fd, offset, count)
-        except InterruptedError:
-            return self.sendfile(src_fd, offset, count)
-        except OSError as exc:
-            if exc.errno in OUTPUT_ERRNOS:
-                raise self._fail(exc) from None
-            if exc.errno in NO_ZERO_COPY:
-                self.zero_copy = False
-            return None
+        while True:
+            try:
+                moved = os.sendfile(self.fd, src_fd, offset, count)
+                break
+            except InterruptedError:
+                continue
+            except OSError as exc:
+                if exc.errno in OUTPUT_ERRNOS:
+                    raise self._fail(exc) from None
+                if exc.errno in NO_ZERO_COPY:
+                    self.zero_copy = False
+                return None
         self.written += moved
         return moved
 
     def digests(self) -> dict[str, str]:
+        self._finish_hashing()
         return {alg: hasher.hexdigest() for alg, hasher in self.hashers.items()}
 
+    def _finish_hashing(self) -> None:
+        """Wait for the hashing thread to catch up and retire it; later writes hash inline."""
+        thread = self._hash_thread
+        if thread is not None:
+            self._hash_thread = None
+            try:
+                thread.sync()
+            finally:
+                thread.stop()
+
     def close(self) -> None:
+        self._finish_hashing()
         if self.is_file:
             try:
                 os.fsync(self.fd)

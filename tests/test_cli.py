@@ -176,3 +176,11 @@ def test_builtin_emulator_needs_no_root(capfdbinary):
     machine = EmulatedMemory().machine
     code, out, err = run_main(capfdbinary, "--source", "emulator", "-s", "256k", "-m", "-")
     assert code == 0 and out == expected_ram_walk(machine, limit=256 << 10)[0]
+
+
+def test_read_size_must_suit_the_source(root_factory, capfdbinary):
+    root, machine = root_factory("aligned", granularity=512)
+    code, out, err = run_main(capfdbinary, "--source", "emulator", "--root", root, "-b", "1000")
+    assert code != 0 and out == b"" and "multiples of 512" in err and err.count("\n") == 1
+    code, out, err = run_main(capfdbinary, "--source", "emulator", "--root", root, "-b", "1k", "-s", "1m")
+    assert code == 0 and out == expected_ram_walk(machine, limit=1 << 20)[0]

@@ -1,0 +1,165 @@
+"""The acquisition manifest: a JSON record that accounts for every byte of an image.
+
+What it holds: the tool and its version, the source, the kernel release and machine name, the
+page size, start and end times (UTC, ISO 8601), the command's flags, the regions and where each
+sits in the image, every span that could not be read and what became of it (raw: skipped;
+structured formats: zero-filled), the bytes written, the digests of the output stream, and
+whether the image is complete -- and if not, where it stops and why.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+from typing import Any, Iterable, Sequence
+
+from memdump import __version__
+from memdump.errors import MemdumpError, OutputError, UsageError
+
+DEFAULT_HASH = "sha256"
+SCHEMA = 1
+
+
+def utc_now() -> str:
+    """``2024-05-01T12:00:00.123Z``."""
+    stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+    return stamp.replace("+00:00", "Z")
+
+
+def check_hash(name: str) -> str:
+    """A hashlib algorithm with a fixed-size digest, by its lower-case name; UsageError if not."""
+    algorithm = name.strip().lower()
+    try:
+        hasher = hashlib.new(algorithm)
+        hasher.hexdigest()
+    except (ValueError, TypeError):
+        usable = sorted(a for a in hashlib.algorithms_guaranteed if not a.startswith("shake_"))
+        raise UsageError(f"--hash {name}: unknown or unsupported algorithm (choose from "
+                         f"{', '.join(usable)})") from None
+    return algorithm
+
+
+def hash_names(requested: Iterable[str], manifest: bool) -> tuple[str, ...]:
+    """The digests to compute: those asked for, plus sha256 whenever a manifest is written."""
+    names: list[str] = [DEFAULT_HASH] if manifest else []
+    for name in requested:
+        algorithm = check_hash(name)
+        if algorithm not in names:
+            names.append(algorithm)
+    return tuple(names)
+
+
+def create_file(path: str, what: str) -> int:
+    """Create ``path`` as evidence files are created: never overwrite, never follow a link, 0600."""
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        raise UsageError(f"{what} {path}: file exists (memdump never overwrites it)") from None
+    except OSError as exc:
+        raise UsageError(f"{what} {path}: {exc.strerror}") from None
+
+
+def write_all(fd: int, data: bytes, what: str) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            count = os.write(fd, view)
+        except InterruptedError:
+            continue
+        except OSError as exc:
+            raise OutputError(f"{what} write error: {exc.strerror}") from None
+        view = view[count:]
+
+
+def sidecar_text(digest: str, output: str) -> str:
+    """``<hex>  <name>``: the line ``sha256sum`` writes, so ``sha256sum -c`` checks it."""
+    return f"{digest}  {os.path.basename(output)}\n"
+
+
+def spans(holes: Sequence[Any], page_size: int) -> list[dict]:
+    """Unread spans (memdump.walk.Hole) merged where they touch with the same reason."""
+    merged: list[list] = []
+    for hole in holes:
+        if merged and merged[-1][1] == hole.start and merged[-1][2] == hole.reason:
+            merged[-1][1] = hole.end
+        else:
+            merged.append([hole.start, hole.end, hole.reason])
+    result = []
+    for start, end, reason in merged:
+        first = start - start % page_size
+        last = -(-end // page_size) * page_size
+        result.append({"start": start, "end": end, "size": end - start,
+                       "pages": (last - first) // page_size, "reason": reason})
+    return result
+
+
+class Manifest:
+    """Filled in as the dump goes; ``write`` renders it once at the end (complete or not)."""
+
+    def __init__(self, *, format: str, output: str | None, flags: dict, map_path: str | None = None):
+        self.data: dict[str, Any] = {
+            "manifest": SCHEMA,
+            "tool": "memdump",
+            "version": __version__,
+            "format": format,
+            "output": output or "stdout",
+            "map": map_path,
+            "source": None,
+            "kernel_release": None,
+            "machine": None,
+            "page_size": None,
+            "started": utc_now(),
+            "finished": None,
+            "flags": flags,
+            "complete": False,
+            "stopped": None,
+            "error": None,
+            "stopped_at": None,
+            "regions": [],
+            "zero_filled": [],
+            "skipped": [],
+            "bytes_written": 0,
+            "digests": {},
+        }
+
+    def set(self, **fields: Any) -> None:
+        self.data.update(fields)
+
+    def describe_source(self, source, page_size: int) -> None:
+        host = source.host
+        self.set(source=source.name, kernel_release=host.kernel_release(),
+                 machine=host.machine_name(), page_size=page_size)
+
+    def set_regions(self, placed: Iterable[Any]) -> None:
+        self.data["regions"] = [{"start": p.start, "end": p.end, "size": p.end - p.start,
+                                 "offset": p.offset} for p in placed]
+
+    def set_unread(self, holes: Sequence[Any], zero_filled: bool) -> None:
+        page_size = self.data.get("page_size") or 4096
+        self.data["zero_filled" if zero_filled else "skipped"] = spans(holes, page_size)
+
+    def finish(self, *, bytes_written: int, digests: dict[str, str], stopped: str,
+               error: str | None = None, address: int | None = None) -> None:
+        self.set(finished=utc_now(), bytes_written=bytes_written, digests=digests,
+                 stopped=stopped, complete=error is None, error=error)
+        if error is not None:
+            self.data["stopped_at"] = {"output_offset": bytes_written, "address": address}
+
+    def render(self) -> bytes:
+        return (json.dumps(self.data, indent=1, sort_keys=False) + "\n").encode()
+
+
+def load(path: str) -> dict:
+    """A manifest written by memdump, or MemdumpError saying why it is not one."""
+    try:
+        with open(path, "rb") as handle:
+            data = json.loads(handle.read().decode("utf-8"))
+    except OSError as exc:
+        raise MemdumpError(f"--manifest {path}: {exc.strerror}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MemdumpError(f"--manifest {path}: not a JSON manifest ({exc})") from None
+    if not isinstance(data, dict) or data.get("tool") != "memdump" or not isinstance(data.get("regions"), list):
+        raise MemdumpError(f"--manifest {path}: not a memdump manifest")
+    return data
