@@ -105,7 +105,10 @@ class KMem(FileDevMemory):
         if not kernel:
             raise SourceUnavailable(self.name, "serves kernel virtual memory only (use -k)")
         super().__init__(host, kernel)
-        self._ranges = kernel_ranges_from_kcore(host)
+        try:
+            self._ranges = kernel_ranges_from_kcore(host)
+        except SourceUnavailable:
+            self._ranges = []  # no map of kernel memory: only --scan can walk /dev/kmem
 
     @classmethod
     def probe(cls, host: Host, kernel: bool = False) -> Probe:
