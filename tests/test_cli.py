@@ -184,3 +184,22 @@ def test_read_size_must_suit_the_source(root_factory, capfdbinary):
     assert code != 0 and out == b"" and "multiples of 512" in err and err.count("\n") == 1
     code, out, err = run_main(capfdbinary, "--source", "emulator", "--root", root, "-b", "1k", "-s", "1m")
     assert code == 0 and out == expected_ram_walk(machine, limit=1 << 20)[0]
+
+
+def test_click_runner_help_sources_and_dump(plain_root, tmp_path):
+    from click.testing import CliRunner
+
+    from memdump.cli import cli
+
+    root, machine = plain_root
+    runner = CliRunner()
+    shown = runner.invoke(cli, ["--help"])
+    assert shown.exit_code == 0
+    for flag in ("-b SIZE", "-k", "-m FILE", "-p SIZE", "-s SIZE", "-v", "--source", "--scan", "--root"):
+        assert flag in shown.output
+    listed = runner.invoke(cli, ["sources", "--root", root])
+    assert listed.exit_code == 0 and listed.output.splitlines()[0].split()[0] in ("kmod", "devmem")
+    target = tmp_path / "runner.img"
+    dumped = runner.invoke(cli, ["--root", root, "-s", "100k", "-o", str(target)])
+    assert dumped.exit_code == 0
+    assert target.read_bytes() == expected_ram_walk(machine, limit=100 << 10)[0]
