@@ -13,6 +13,8 @@ import click
 
 from memdump import __version__
 from memdump.errors import MemdumpError, OutputError, UsageError
+from memdump.formats import FORMATS, ImageMeta, plan_regions, writer_for
+from memdump.formats.acquire import Acquisition, StructuredWalk
 from memdump.host import Host
 from memdump.sink import Sink, open_output
 from memdump.sizes import parse_size
@@ -81,7 +83,11 @@ class MapFile:
 
 def run_dump(*, buffer_size: int, kernel: bool, map_target: str | None, page_size: int,
              dump_size: int, verbose: int, source_name: str, scan: bool, root: str | None,
-             output: str | None) -> None:
+             output: str | None, image_format: str = "raw", manifest_path: str | None = None,
+             hashes: tuple[str, ...] = (), no_progress: bool = False, flags: dict | None = None) -> None:
+    from memdump import manifest as records_mod
+    from memdump import progress
+
     host = Host.at(root)
     say = (lambda level, text: remark(text) if verbose >= level else None)
     if page_size == 0:
@@ -93,16 +99,28 @@ def run_dump(*, buffer_size: int, kernel: bool, map_target: str | None, page_siz
         raise UsageError(f"-b {buffer_size}: read size above 1 GiB")
     if page_size > 1 << 30:
         raise UsageError(f"-p {page_size}: page size above 1 GiB")
+    structured = image_format != "raw"
+    if structured and scan:
+        raise UsageError(f"--format {image_format}: --scan writes the original raw stream only")
+    if structured and kernel:
+        raise UsageError(f"--format {image_format} records physical addresses; -k works with --format raw")
+    digests = records_mod.hash_names(hashes, manifest_path is not None)
 
     # Everything that can be refused is refused before the first byte is written.
-    out_fd = open_output(output) if output else 1
+    records = records_mod.Records(manifest_path, output, records_mod.hash_names(hashes, False))
     try:
-        sink = Sink(out_fd, name=output or "stdout")
-    except OSError as exc:
-        raise UsageError(f"cannot write the image: {exc.strerror} (is stdout closed?)") from None
-    if sink.is_terminal:
-        raise UsageError("refusing to write a memory image to a terminal; redirect stdout or use -o PATH")
-    source = open_source(source_name, host, kernel, warn=lambda text: say(1, text))
+        out_fd = open_output(output) if output else 1
+        try:
+            sink = Sink(out_fd, hashes=digests, name=output or "stdout")
+        except OSError as exc:
+            raise UsageError(f"cannot write the image: {exc.strerror} (is stdout closed?)") from None
+        if sink.is_terminal:
+            raise UsageError("refusing to write a memory image to a terminal; redirect stdout or use -o PATH")
+        source = open_source(source_name, host, kernel, warn=lambda text: say(1, text))
+    except BaseException:
+        records.discard()
+        raise
+    started = False
     try:
         for value, what in ((buffer_size, "-b"), (page_size, "-p")):
             if value % source.granularity:
@@ -112,24 +130,67 @@ def run_dump(*, buffer_size: int, kernel: bool, map_target: str | None, page_siz
         say(1, f"dump size {dump_size:#x}")
         say(1, f"page size {page_size:#x}")
         say(1, f"buffer size {buffer_size:#x}")
-        common = dict(page_size=page_size, limit=dump_size, on_region=map_file,
-                      remark=lambda level, text: say(level, text))
+        common = dict(page_size=page_size, on_region=map_file, remark=lambda level, text: say(level, text))
+        writer = None
         if scan:
-            walk = ScanWalk(source, sink, read_size=buffer_size, exact_reads=explicit_read_size, **common)
+            walk = ScanWalk(source, sink, read_size=buffer_size, exact_reads=explicit_read_size,
+                            limit=dump_size, **common)
+            total = dump_size or source.scan_end()
         else:
             if not source.ranges():
                 raise UsageError(f"{source.name} publishes no map of what to read here; use --scan")
             read_size = buffer_size if explicit_read_size else max(DEFAULT_READ_SIZE, page_size)
-            walk = RamWalk(source, sink, read_size=read_size, **common)
-        result = walk.run()
-        sink.close()
+            planned = plan_regions(source.ranges(), dump_size)
+            total = sum(r.size for r in planned)
+            if structured:
+                writer, walk, elf_record = structured_walk(image_format, source, sink, planned,
+                                                           read_size=read_size, **common)
+                total = writer.total_size()
+            else:
+                walk = RamWalk(source, sink, read_size=read_size, limit=dump_size, **common)
+        manifest = None
+        if manifest_path:
+            manifest = records_mod.Manifest(format=image_format, output=output, flags=dict(flags or {}),
+                                            map_path=map_target)
+            manifest.describe_source(source, page_size)
+            if writer is not None and image_format == "elf":
+                manifest.set(elf=elf_record)
+        show = progress.wanted(no_progress) and map_target != "-"
+        started = True
+        result = Acquisition(walk, sink, records=records, manifest=manifest, writer=writer,
+                             progress_total=total, progress=show,
+                             limited=bool(dump_size) and total_memory(source) > dump_size,
+                             remark=say).run()
         map_file.close()
         say(1, f"wrote {result.bytes_written:#x} bytes in {len(result.regions)} regions, "
-               f"{len(result.holes)} holes; stopped: {result.stopped}")
+               f"{len(result.holes)} {'zero-filled spans' if structured else 'holes'}; stopped: {result.stopped}")
+    except BaseException:
+        if not started:
+            records.discard()
+        raise
     finally:
         source.close()
         if output:
             os.close(out_fd)
+
+
+def total_memory(source) -> int:
+    return sum(r.size for r in source.ranges())
+
+
+def structured_walk(image_format: str, source, sink: Sink, planned, *, read_size: int, page_size: int,
+                    on_region, remark):
+    """The writer and walk for padded, lime or elf; the ELF's machine facts are found first,
+    because its headers carry them."""
+    meta, record = ImageMeta(), None
+    if image_format == "elf":
+        from memdump.formats.meta import machine_meta
+
+        meta, record = machine_meta(source, remark)
+    writer = writer_for(image_format, sink, planned, meta)
+    walk = StructuredWalk(source, writer, page_size=page_size, read_size=read_size,
+                          on_region=on_region, remark=remark)
+    return writer, walk, record
 
 
 CONTEXT = dict(help_option_names=["--help"], max_content_width=100)
@@ -152,16 +213,28 @@ CONTEXT = dict(help_option_names=["--help"], max_content_width=100)
               help="The original blind walk from address 0 (reads MMIO too); default: RAM ranges only.")
 @click.option("--root", metavar="DIR", help="Resolve /dev, /proc, /sys and /boot under DIR (a fake machine).")
 @click.option("-o", "--output", metavar="PATH", help="Write the image to PATH (created, never overwritten).")
+@click.option("--format", "image_format", type=click.Choice(FORMATS), default="raw", show_default=True,
+              help="raw: the original's stream, holes left out; padded: file offset = physical address; "
+                   "lime: LiME v1; elf: ELF64 core. padded, lime and elf zero-fill unreadable pages.")
+@click.option("--manifest", "manifest_path", metavar="PATH",
+              help="Write a JSON manifest: source, kernel, times, regions, unread pages, digests.")
+@click.option("--hash", "hashes", metavar="ALG", multiple=True,
+              help="Digest the output with ALG (any hashlib name; repeatable); with -o also writes "
+                   "PATH.ALG. The manifest always has sha256.")
+@click.option("--no-progress", is_flag=True, help="No progress line on stderr (shown only on a terminal).")
 @click.version_option(__version__, prog_name=PROG)
 @click.pass_context
 def cli(ctx, **options):
     """Dump system memory to standard output, skipping holes in memory maps.
 
     SIZE takes k, m and g suffixes (case-insensitive, powers of 1024). Run 'memdump sources' to
-    see which memory sources work on this machine and why the others do not.
+    see which memory sources work on this machine and why the others do not; 'memdump info',
+    'convert' and 'verify' inspect, convert and check images.
     """
     if ctx.invoked_subcommand is None:
-        run_dump(**options)
+        flags = {param.opts[0]: options[param.name] for param in ctx.command.params
+                 if param.name in options}
+        run_dump(flags=flags, **options)
 
 
 @cli.command("sources")
@@ -172,6 +245,53 @@ def sources_command(kernel: bool, root: str | None):
     host = Host.at(root)
     for probe in probe_all(host, kernel):
         click.echo(probe.line())
+
+
+@cli.command("info")
+@click.argument("image", metavar="IMAGE")
+@click.option("--map", "map_path", metavar="MAP", help="The image's map (raw or padded); default IMAGE.map if it exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+def info_command(image: str, map_path: str | None, as_json: bool):
+    """Detect an image's format, list its regions and check its structure (non-zero exit on damage)."""
+    import json
+
+    from memdump.image import open_image, summary
+
+    with open_image(image, map_path) as opened:
+        if as_json:
+            click.echo(json.dumps(opened.describe(), indent=1))
+        else:
+            for line in summary(opened):
+                click.echo(line)
+
+
+@cli.command("convert")
+@click.argument("source_image", metavar="IN")
+@click.argument("target", metavar="OUT")
+@click.option("--to", "to_format", type=click.Choice(FORMATS), required=True, help="The format to write.")
+@click.option("--map", "map_path", metavar="MAP", help="IN's map when IN is raw (or padded); default IN.map.")
+@click.option("--out-map", "out_map", metavar="PATH", help="Also write OUT's map (one '0x<start> 0x<end>' line per region).")
+@click.option("--hash", "hashes", metavar="ALG", multiple=True, help="Also write OUT.ALG, the digest of OUT.")
+@click.option("--no-progress", is_flag=True, help="No progress line on stderr.")
+def convert_command(source_image: str, target: str, to_format: str, map_path: str | None,
+                    out_map: str | None, hashes: tuple[str, ...], no_progress: bool):
+    """Convert IN (raw + map, padded, lime or elf) to OUT in another format; OUT is created, never
+    overwritten ('-' is stdout)."""
+    from memdump.formats.convert import convert_file
+
+    convert_file(source_image, target, to_format, map_path=map_path, out_map=out_map, hashes=hashes,
+                 no_progress=no_progress, remark=lambda text: remark(text))
+
+
+@cli.command("verify")
+@click.argument("image", metavar="IMAGE")
+@click.option("--manifest", "manifest_path", metavar="PATH", required=True, help="The manifest written with the image.")
+def verify_command(image: str, manifest_path: str):
+    """Recompute IMAGE's digests and check its regions against its manifest."""
+    from memdump.image import verify
+
+    for line in verify(image, manifest_path):
+        click.echo(line)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,9 +9,6 @@ whether the image is complete -- and if not, where it stops and why.
 
 from __future__ import annotations
 
-import datetime
-import hashlib
-import json
 import os
 from typing import Any, Iterable, Sequence
 
@@ -24,12 +21,16 @@ SCHEMA = 1
 
 def utc_now() -> str:
     """``2024-05-01T12:00:00.123Z``."""
+    import datetime
+
     stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
     return stamp.replace("+00:00", "Z")
 
 
 def check_hash(name: str) -> str:
     """A hashlib algorithm with a fixed-size digest, by its lower-case name; UsageError if not."""
+    import hashlib  # here, not at import: a plain dump should not pay for it
+
     algorithm = name.strip().lower()
     try:
         hasher = hashlib.new(algorithm)
@@ -148,11 +149,15 @@ class Manifest:
             self.data["stopped_at"] = {"output_offset": bytes_written, "address": address}
 
     def render(self) -> bytes:
+        import json
+
         return (json.dumps(self.data, indent=1, sort_keys=False) + "\n").encode()
 
 
 def load(path: str) -> dict:
     """A manifest written by memdump, or MemdumpError saying why it is not one."""
+    import json
+
     try:
         with open(path, "rb") as handle:
             data = json.loads(handle.read().decode("utf-8"))
@@ -163,3 +168,62 @@ def load(path: str) -> dict:
     if not isinstance(data, dict) or data.get("tool") != "memdump" or not isinstance(data.get("regions"), list):
         raise MemdumpError(f"--manifest {path}: not a memdump manifest")
     return data
+
+
+class Records:
+    """The files that accompany an image: the manifest and the ``<output>.<alg>`` sidecars.
+
+    All are created (never overwritten) before the first byte of the image, so a bad path costs
+    nothing; ``discard`` removes the ones this run created when it ends before any byte is out.
+    """
+
+    def __init__(self, manifest_path: str | None, output: str | None, sidecar_hashes: Sequence[str]):
+        self.manifest_path = manifest_path
+        self.output = output
+        self.fds: dict[str, int] = {}
+        try:
+            if manifest_path:
+                self.fds[manifest_path] = create_file(manifest_path, "--manifest")
+            if output:
+                for algorithm in sidecar_hashes:
+                    path = f"{output}.{algorithm}"
+                    self.fds[path] = create_file(path, f"--hash {algorithm}: digest file")
+        except BaseException:
+            self.discard()
+            raise
+
+    def sidecars(self) -> dict[str, str]:
+        """algorithm -> sidecar path."""
+        prefix = f"{self.output}."
+        return {path[len(prefix):]: path for path in self.fds if path != self.manifest_path}
+
+    def _close(self, path: str, remove: bool) -> None:
+        fd = self.fds.pop(path, None)
+        if fd is not None:
+            os.close(fd)
+            if remove:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+
+    def discard(self, keep_manifest: bool = False) -> None:
+        for path in list(self.fds):
+            if keep_manifest and path == self.manifest_path:
+                continue
+            self._close(path, remove=True)
+
+    def write_manifest(self, manifest: Manifest) -> None:
+        if self.manifest_path in self.fds:
+            try:
+                write_all(self.fds[self.manifest_path], manifest.render(), f"manifest {self.manifest_path}")
+            finally:
+                self._close(self.manifest_path, remove=False)
+
+    def write_sidecars(self, digests: dict[str, str]) -> None:
+        for algorithm, path in self.sidecars().items():
+            try:
+                write_all(self.fds[path], sidecar_text(digests[algorithm], self.output or "-").encode(),
+                          f"digest file {path}")
+            finally:
+                self._close(path, remove=False)

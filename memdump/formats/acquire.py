@@ -8,12 +8,18 @@ output itself (EPIPE, ENOSPC) stops the run, and then ``position()`` says where.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from memdump.formats.base import FormatWriter
+from memdump.errors import MemdumpError, OutputError
+from memdump.formats.base import FormatWriter, Placed
 from memdump.iomem import Range
+from memdump.progress import Progress
+from memdump.sink import Sink
 from memdump.sources.base import DevMemory
 from memdump.walk import Hole, Reader, WalkResult
+
+if TYPE_CHECKING:
+    from memdump.manifest import Manifest, Records
 
 MapCallback = Callable[[int, int], None]
 Remark = Callable[[int, str], None]
@@ -65,3 +71,90 @@ class StructuredWalk:
         result.bytes_written = writer.sink.written
         result.stopped = "end of regions"
         return result
+
+
+def failure_text(exc: BaseException) -> str:
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    text = str(exc) or type(exc).__name__
+    return text if isinstance(exc, MemdumpError) else f"{type(exc).__name__}: {text}"
+
+
+class Acquisition:
+    """Runs a walk (raw or structured) with its records: progress while it runs, then the manifest
+    and the digest sidecars -- or, when the output fails, a manifest that says the image is
+    incomplete and where it stops (and no sidecars: a digest of a broken stream proves nothing)."""
+
+    def __init__(self, walk, sink: Sink, *, records: "Records", manifest: "Manifest | None",
+                 writer: FormatWriter | None = None, progress_total: int = 0, progress: bool = False,
+                 limited: bool = False, remark: Remark = lambda level, text: None):
+        self.walk = walk
+        self.sink = sink
+        self.records = records
+        self.manifest = manifest
+        self.writer = writer
+        self.progress_total = progress_total
+        self.progress = progress
+        self.limited = limited
+        self.remark = remark
+
+    def _regions(self, result: WalkResult | None) -> list[Placed]:
+        if self.writer is not None:
+            return self.writer.placed
+        placed, offset = [], 0
+        for r in (result.regions if result else []):
+            placed.append(Placed(r.start, r.end, offset))
+            offset += r.end - r.start
+        return placed
+
+    def _account(self, result: WalkResult | None) -> None:
+        if self.manifest is None:
+            return
+        self.manifest.set_regions(self._regions(result))
+        self.manifest.set_unread(result.holes if result else [], zero_filled=self.writer is not None)
+
+    def run(self) -> WalkResult:
+        ticker = Progress(self.progress_total, lambda: self.sink.written) if self.progress else None
+        try:
+            if ticker:
+                ticker.start()
+            try:
+                result = self.walk.run()
+                self.sink.close()
+            finally:
+                if ticker:
+                    ticker.stop()
+        except BaseException as exc:
+            self._failed(exc)
+            raise
+        if self.writer is not None and self.limited:
+            result.stopped = "size limit (-s)"
+        digests = self.sink.digests()
+        if self.manifest is not None:
+            self._account(result)
+            self.manifest.finish(bytes_written=self.sink.written, digests=digests, stopped=result.stopped)
+            self.records.write_manifest(self.manifest)
+        sidecars = self.records.sidecars()
+        self.records.write_sidecars(digests)
+        if digests and self.manifest is None and not sidecars:
+            for algorithm, digest in digests.items():
+                self.remark(0, f"{algorithm} {digest} ({self.sink.name})")
+        return result
+
+    def _failed(self, exc: BaseException) -> None:
+        self.records.discard(keep_manifest=True)
+        if self.manifest is None:
+            return
+        result = getattr(self.walk, "result", None)
+        if self.writer is not None:
+            address = self.writer.position()
+        else:
+            address = result.regions[-1].end if result and result.regions else None
+        self._account(result)
+        self.manifest.finish(bytes_written=self.sink.written, digests={}, stopped="output failed"
+                             if isinstance(exc, OutputError) else "interrupted" if isinstance(exc, KeyboardInterrupt)
+                             else "error", error=failure_text(exc), address=address)
+        try:
+            self.records.write_manifest(self.manifest)
+        except MemdumpError as second:
+            self.remark(0, f"manifest not written: {second}")

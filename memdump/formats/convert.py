@@ -1,0 +1,121 @@
+"""Converting an opened image (memdump.image) into any format: the same regions, the same bytes.
+
+Where nothing has to see the bytes (no digest asked for), they move file to file by sendfile.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Sequence
+
+from memdump.errors import ImageError, UsageError
+from memdump.formats import writer_for
+from memdump.formats.base import FormatWriter
+from memdump.iomem import Range
+from memdump.sink import Sink
+from memdump.walk import aligned_buffer
+
+CHUNK = 1 << 20
+
+
+def convert(image, sink: Sink, to: str,
+            on_region: Callable[[int, int], None] = lambda s, e: None) -> FormatWriter:
+    """Write ``image``'s regions to ``sink`` as ``to``; returns the finished writer."""
+    writer = writer_for(to, sink, [Range(p.start, p.end) for p in image.regions], image.meta())
+    return copy_regions(image, writer, on_region)
+
+
+def copy_regions(image, writer: FormatWriter,
+                 on_region: Callable[[int, int], None] = lambda s, e: None) -> FormatWriter:
+    """Drive ``writer`` (planned on ``image``'s regions) with the image's bytes."""
+    sink = writer.sink
+    buffer = aligned_buffer(CHUNK)
+    view = memoryview(buffer)
+    writer.begin()
+    for index, placed in enumerate(image.regions):
+        writer.begin_region(index)
+        offset, left = placed.offset, placed.size
+        while left:
+            want = min(CHUNK, left)
+            moved = sink.sendfile(image.fd, offset, want) if sink.zero_copy else None
+            if moved is not None:
+                if moved == 0:
+                    raise ImageError(image.path, offset, "image ends early (changed while converting?)")
+                writer.sent(moved)
+            else:
+                moved = os.preadv(image.fd, [view[:want]], offset)
+                if moved == 0:
+                    raise ImageError(image.path, offset, "image ends early (changed while converting?)")
+                writer.data(view[:moved])
+            offset += moved
+            left -= moved
+        writer.end_region(index)
+        on_region(placed.start, placed.end)
+    writer.finish()
+    return writer
+
+
+def convert_file(in_path: str, out_path: str, to: str, *, map_path: str | None = None,
+                 out_map: str | None = None, hashes: Sequence[str] = (), no_progress: bool = False,
+                 remark: Callable[[str], None] = lambda text: None) -> FormatWriter:
+    """``memdump convert``: OUT (and ``out_map``, and OUT.ALG per hash) are created, never
+    overwritten; on any failure the files this call created are removed, since a half-converted
+    image is worth nothing (the input is still there)."""
+    from memdump import progress
+    from memdump.image import open_image
+    from memdump.manifest import Records, create_file, hash_names, write_all
+
+    algorithms = hash_names(hashes, False)
+    to_stdout = out_path == "-"
+    with open_image(in_path, map_path) as image:
+        if image.format == "unknown":
+            remark(f"{in_path}: no LiME or ELF header and no map: converted as padded "
+                   f"(one region from address 0); give --map MAP for a raw image")
+        created: list[str] = []
+        records = Records(None, None if to_stdout else out_path, algorithms)
+        fds: list[int] = []
+        try:
+            if to_stdout:
+                out_fd = 1
+            else:
+                out_fd = create_file(out_path, "OUT")
+                created.append(out_path)
+                fds.append(out_fd)
+            map_fd = None
+            if out_map:
+                map_fd = create_file(out_map, "--out-map")
+                created.append(out_map)
+                fds.append(map_fd)
+            sink = Sink(out_fd, hashes=algorithms, name=out_path if not to_stdout else "stdout")
+            if sink.is_terminal:
+                raise UsageError("refusing to write an image to a terminal; redirect stdout or name OUT")
+            writer = writer_for(to, sink, [Range(p.start, p.end) for p in image.regions], image.meta())
+            ticker = None
+            if progress.wanted(no_progress):
+                ticker = progress.Progress(writer.total_size(), lambda: sink.written).start()
+            try:
+                copy_regions(image, writer)
+                sink.close()
+            finally:
+                if ticker:
+                    ticker.stop()
+            if map_fd is not None:
+                write_all(map_fd, "".join(f"0x{r.start:x} 0x{r.end:x}\n" for r in writer.regions).encode(),
+                          f"--out-map {out_map}")
+            digests = sink.digests()
+            records.write_sidecars(digests)
+            if to_stdout:
+                for algorithm, digest in digests.items():
+                    remark(f"{algorithm} {digest} (stdout)")
+            return writer
+        except BaseException:
+            records.discard()
+            for path in created:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+            raise
+        finally:
+            for fd in fds:
+                os.close(fd)
