@@ -177,7 +177,7 @@ class Sink:
         done = 0
         while done < total:
             try:
-                done += os.write(self.fd, view[done:] if done else view)
+                done += os.write(self.fd, view[done:])
             except InterruptedError:
                 continue
             except OSError as exc:
@@ -191,6 +191,51 @@ class Sink:
             piece = min(count, len(zeros))
             self.write(zeros[:piece])
             count -= piece
+
+    def skip(self, count: int, zeros: memoryview) -> None:
+        """``count`` zero bytes of output (padded images' holes): a seek on a regular file, which
+        stays sparse, written zeros anywhere else. Hashed and counted as zeros either way; a
+        caller that skips calls ``end_sparse`` last."""
+        if count <= 0:
+            return
+        if not self.sparse:
+            self.write_zeros(count, zeros)
+            return
+        if self.hashers:
+            left = count
+            while left:
+                piece = zeros[:min(left, len(zeros))]
+                if self._hash_thread is not None:
+                    self._hash_thread.feed(piece)
+                else:
+                    for hasher in self.hashers.values():
+                        hasher.update(piece)
+                left -= len(piece)
+        try:
+            os.lseek(self.fd, count, os.SEEK_CUR)
+        except OSError as exc:
+            raise self._fail(exc) from None
+        self.written += count
+        self._skipped = True
+
+    @property
+    def sparse(self) -> bool:
+        """Whether ``skip`` may seek: a regular file not opened for appending."""
+        if not hasattr(self, "_sparse"):
+            try:
+                appending = fcntl.fcntl(self.fd, fcntl.F_GETFL) & os.O_APPEND
+                self._sparse = self.is_file and not appending and os.lseek(self.fd, 0, os.SEEK_CUR) >= 0
+            except OSError:
+                self._sparse = False
+        return self._sparse
+
+    def end_sparse(self) -> None:
+        """Give a file that ends in skipped bytes its full length (a seek alone writes nothing)."""
+        if getattr(self, "_skipped", False):
+            try:
+                os.ftruncate(self.fd, os.lseek(self.fd, 0, os.SEEK_CUR))
+            except OSError as exc:
+                raise self._fail(exc) from None
 
     def sendfile(self, src_fd: int, offset: int, count: int) -> int | None:
         """Copy from a file without passing through userspace. Returns the count moved (0 at the
