@@ -19,6 +19,7 @@
 #include <linux/miscdevice.h>
 #include <linux/module.h>
 #include <linux/overflow.h>
+#include <linux/rcupdate.h>
 #include <linux/sched.h>
 #include <linux/sched/signal.h>
 #include <linux/security.h>
@@ -162,11 +163,21 @@ static ssize_t memdump_read(struct file *file, char __user *buf, size_t count,
 		chunk = min_t(u64, PAGE_SIZE - offset, count - copied);
 		chunk = min_t(u64, chunk, run.end - pos);
 
+		/*
+		 * Check and copy under the RCU read lock: memory hot-remove
+		 * frees a section's memmap only after an RCU grace period
+		 * (the pfn_valid() race fix), so the struct page tested here
+		 * stays valid until the copy is done; the copy itself is
+		 * fault-safe should the direct map go away first.  Nothing in
+		 * between sleeps; copy_to_user() comes after the unlock.
+		 */
+		rcu_read_lock();
 		ret = memdump_page_get(pos, &page);
+		got = ret ? 0 : memdump_copy_from_page(bounce, page, offset, chunk);
+		rcu_read_unlock();
 		if (ret)
 			break;
 
-		got = memdump_copy_from_page(bounce, page, offset, chunk);
 		if (got && copy_to_user(buf + copied, bounce, got)) {
 			ret = -EFAULT;
 			break;

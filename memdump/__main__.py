@@ -1,3 +1,3 @@
-from memdump.cli import main
+from memdump.cli import entry
 
-main()
+entry()

@@ -316,3 +316,25 @@ def main(argv: list[str] | None = None) -> None:
         remark("output write error: Broken pipe")
         sys.exit(1)
     sys.exit(0)
+
+
+def entry() -> None:
+    """The installed command: ``main`` and then leave without the interpreter's teardown.
+
+    Freeing every object at exit rewrites megabytes of the examined machine's RAM for nothing
+    (measured in the real-kernel tier: about 10 MiB); the image and map are already written and
+    closed, so the only buffers left to flush are Python's own stdout and stderr.
+    """
+    try:
+        main()
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    else:
+        code = 0
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:  # None when the descriptor was closed at start
+                stream.flush()
+        except (OSError, ValueError):
+            code = code or 1
+    os._exit(code)

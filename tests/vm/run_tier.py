@@ -1,0 +1,694 @@
+#!/usr/bin/env python3
+"""The real-kernel tier: memdump.ko and the dumpers on Debian's kernel under QEMU.
+
+Run as root (``.ci/run`` calls it after the unit tests)::
+
+    python3 tests/vm/run_tier.py               # the whole tier (two boots, about 3 minutes)
+    python3 tests/vm/run_tier.py --keep -v     # keep the work directory, print progress
+    python3 tests/vm/run_tier.py --jobs raw-device --no-second-boot   # quicker
+
+Boot 1 ("main", CPU model ``max``: ERMS, so the module copies with copy_mc_to_kernel), 1 GiB of
+guest RAM in a host file plus a virtio-mem device (nested "System RAM (virtio_mem)" with unplugged,
+PageOffline sub-blocks the module must refuse):
+
+a. kmod/ is built against Debian's headers with W=1 (zero warnings required), insmod'ed in the
+   guest; the node must be 0400 root; write opens, a root without CAP_SYS_RAWIO and uid 65534
+   must be refused; no mmap/ioctl/write;
+d. strict /dev/mem behaves as kernel-lab.md says (first-MiB RAM zeros, RAM above EPERM, beyond
+   RAM EFAULT, no /dev/kmem);
+c. each dump job of ``JOBS`` (a command line run inside ``chroot /host``) writes its output to the
+   results share; the host pauses the guest (QMP) right after and compares it with guest RAM:
+   kernel text and an mlock'ed pattern page 100 % identical, all pages >= 99 %, every byte inside
+   System RAM, all RAM covered except the pages /proc/kpageflags marks offline/poisoned;
+b. the fuzzer (mdtool.c) makes >= 100,000 reads at random offsets and lengths (plus seeks, a second
+   thread on the same fd, a second process, a fatal signal), checks every return value against
+   /proc/iomem + /proc/kpageflags and every byte read in kernel text or its pattern page against
+   the truth; module load/unload cycles; dmesg must show no Oops/BUG/WARNING/Call Trace.
+
+Boot 2 ("nofault", CPU model ``qemu64``: no ERMS, so the module copies with
+copy_from_kernel_nofault): module load, a shorter fuzz, dmesg.
+
+Exit status 0 only if every check passed; the last line is a one-line summary.
+Standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+sys.path.insert(0, str(HERE))
+
+import compare  # noqa: E402
+from guest import Guest, GuestConfig, build_initramfs  # noqa: E402
+
+DEFAULT_KVER = "6.1.0-56-amd64"
+BAD_DMESG = re.compile(r"Oops|\bBUG\b|WARNING|Call Trace|general protection fault|Kernel panic"
+                       r"|usercopy:|RIP: 00")
+
+
+# ---------------------------------------------------------------------------------------------
+# Dump jobs: one command line each, run as root inside `chroot /host` (the host's own files, the
+# guest's kernel) with the checkout on PYTHONPATH.  Placeholders: {python} {repo} {map} {out}
+# (paths as seen in the chroot).  stdout goes to <job>.out unless stdout=False (jobs that take
+# -o {out} themselves).  ``fmt`` names the reader in compare.READERS that turns the output back
+# into (address, bytes) regions; "text" jobs are checked by ``check_text`` instead.
+# To add a format: a reader in compare.READERS and a line here, e.g.
+#   Job("cli-lime", "{python} -m memdump --source kmod --format lime -o {out}", fmt="lime",
+#       stdout=False, needs=has_cli)
+
+
+def has_cli(ctx: "Context") -> str | None:
+    """Reason to skip the memdump CLI jobs, or None when the CLI can run."""
+    probe = subprocess.run([ctx.python, "-c", "import memdump.cli, memdump.sources.kmod"],
+                           env={**os.environ, "PYTHONPATH": ctx.pythonpath}, capture_output=True)
+    if probe.returncode:
+        last = (probe.stderr.decode().strip().splitlines() or ["?"])[-1]
+        return f"memdump CLI not importable with {ctx.python}: {last}"
+    return None
+
+
+def check_sources(text: str) -> list[str]:
+    """`memdump sources` in the guest: kmod usable; devmem not usable (strict /dev/mem)."""
+    failures = []
+    lines = {line.split()[0]: line for line in text.splitlines() if line.strip()}
+    if lines.get("kmod", "").split()[1:2] != ["usable"]:
+        failures.append(f"kmod not usable: {lines.get('kmod', 'missing')!r}")
+    if lines.get("devmem", "").split()[1:2] == ["usable"]:
+        failures.append(f"devmem claims usable under STRICT_DEVMEM: {lines.get('devmem')!r}")
+    return failures
+
+
+@dataclass
+class Job:
+    name: str
+    command: str
+    fmt: str = "raw"
+    needs: Callable[["Context"], str | None] | None = None
+    stdout: bool = True
+    check_text: Callable[[str], list[str]] | None = None
+
+
+JOBS: list[Job] = [
+    Job("raw-device", "{python} {repo}/tests/vm/rawdump.py --device /dev/memdump -m {map}"),
+    Job("cli-sources", "{python} -m memdump sources", fmt="text", needs=has_cli,
+        check_text=check_sources),
+    Job("cli-kmod", "{python} -m memdump --source kmod -m {map}", needs=has_cli),
+]
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Context:
+    kver: str
+    work: Path
+    python: str
+    pythonpath: str
+    verbose: bool
+    failures: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+
+    def log(self, text: str) -> None:
+        if self.verbose:
+            print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+    def fail(self, text: str) -> None:
+        self.failures.append(text)
+        self.log("FAIL " + text)
+
+
+@dataclass
+class Boot:
+    """One QEMU boot: its own results share (a directory of the work directory) and steps."""
+
+    name: str
+    dir: Path
+    cpu: str
+    copy_method: str           # what the module's load message must name
+    fuzz_reads: int
+    cycles: int
+    full: bool                 # open checks, /dev/mem, dump jobs
+    jobs: list[Job] = field(default_factory=list)
+    results: dict = field(default_factory=lambda: {"timings": {}})
+
+
+# Python packages the memdump CLI needs beyond the standard library.
+CLI_DEPENDENCIES = ("click",)
+
+
+def choose_python(work: Path) -> tuple[str, str]:
+    """The guest's interpreter and PYTHONPATH (as seen in the chroot, the host's own files).
+
+    Debian's /usr/bin/python3 by default: measured in the guest, the pyenv interpreter changes
+    about 3.5 MiB more guest RAM while it dumps (0.3 % of pages at 1 GiB).  Dependencies it
+    lacks (click) are copied from an interpreter that has them into <work>/pylib.
+    $MEMDUMP_VM_PYTHON overrides the choice.
+    """
+    interpreter = os.environ.get("MEMDUMP_VM_PYTHON") or (
+        "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK)
+        else os.path.realpath(sys.executable))
+    pylib = work / "pylib"
+    for module in CLI_DEPENDENCIES:
+        if subprocess.run([interpreter, "-c", f"import {module}"],
+                          capture_output=True).returncode == 0:
+            continue
+        for donor in (os.path.realpath(sys.executable), shutil.which("python3") or ""):
+            if not donor:
+                continue
+            found = subprocess.run([donor, "-c", f"import {module}; print({module}.__file__)"],
+                                   capture_output=True, text=True)
+            if found.returncode == 0:
+                source = Path(found.stdout.strip())
+                pylib.mkdir(exist_ok=True)
+                if source.name == "__init__.py":
+                    shutil.copytree(source.parent, pylib / module,
+                                    ignore=shutil.ignore_patterns("__pycache__"))
+                else:
+                    shutil.copy(source, pylib / source.name)
+                break
+    path = f"{REPO}:{pylib}" if pylib.exists() else str(REPO)
+    return interpreter, path
+
+
+# ---------------------------------------------------------------------------------------------
+# host-side builds
+
+
+def build_module(ctx: Context) -> Path:
+    """make -C kmod KVER=... W=1 on a copy of kmod/: the log must hold no warning."""
+    build = ctx.work / "kmod-build"
+    # a copy keeps the checkout clean and cannot race someone else's build in kmod/
+    shutil.copytree(REPO / "kmod", build, ignore=shutil.ignore_patterns(
+        "*.o", "*.ko", "*.mod", "*.mod.c", ".*.cmd", "Module.symvers", "modules.order", ".tmp*"))
+    log = ctx.work / "kbuild.log"
+    t = time.monotonic()
+    proc = subprocess.run(["make", "-C", str(build), f"KVER={ctx.kver}", "W=1"],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log.write_bytes(proc.stdout)
+    text = proc.stdout.decode(errors="replace")
+    warnings = [line for line in text.splitlines() if re.search(r"\bwarning\b", line, re.I)
+                and "Skipping BTF generation" not in line]
+    ko = build / "memdump.ko"
+    if proc.returncode or not ko.exists():
+        tail = " | ".join(text.strip().splitlines()[-3:])
+        raise TierAbort(f"module build failed: {tail}")
+    if warnings:
+        ctx.fail(f"module build: {len(warnings)} warnings, first: {warnings[0]}")
+    ctx.notes.append(f"module build (W=1) {'clean: 0 warnings' if not warnings else 'WARNINGS'} "
+                     f"in {time.monotonic() - t:.0f}s")
+    return ko
+
+
+def build_mdtool(ctx: Context) -> Path:
+    out = ctx.work / "mdtool"
+    proc = subprocess.run(["gcc", "-static", "-O2", "-pthread", "-Wall", "-Wextra", "-o",
+                           str(out), str(HERE / "mdtool.c")], capture_output=True, text=True)
+    if proc.returncode:
+        raise TierAbort(f"mdtool build failed: {proc.stderr.strip()[:500]}")
+    return out
+
+
+class TierAbort(Exception):
+    """Something the tier cannot go on without (a build)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# the guest's step script
+
+
+def guest_script(ctx: Context, boot: Boot, seed: int, fuzz_seconds: int) -> str:
+    """The steps the guest's /init runs from the results share (/results in the guest)."""
+    hw = str(boot.dir)  # the same directory as seen inside `chroot /host`
+    env = (f"/usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root "
+           f"PYTHONPATH={ctx.pythonpath} PYTHONDONTWRITEBYTECODE=1")
+    lines = [
+        f"# generated by tests/vm/run_tier.py: boot {boot.name}",
+        "R=/results",
+        f"H={hw}",
+        "say() { echo \"@@MD:$*@@\" > /dev/console; }",
+        "wait_ack() { while [ ! -e $R/ack.$1 ]; do usleep 20000; done; }",
+        "# the chroot: the host's / read-only, the guest's proc/sys/dev, the results share",
+        "mount -t proc proc /host/proc && mount -t sysfs sysfs /host/sys "
+        "&& mount -t devtmpfs devtmpfs /host/dev",
+        "mount -o bind /results /host$H",
+        "",
+        "# virtio-mem plugs and onlines its memory after boot: wait for MemTotal to settle",
+        "last=0; same=0; n=0",
+        "while [ $same -lt 5 ] && [ $n -lt 150 ]; do",
+        "  cur=$(grep MemTotal /proc/meminfo)",
+        "  if [ \"$cur\" = \"$last\" ]; then same=$((same+1)); else same=0; last=$cur; fi",
+        "  n=$((n+1)); usleep 200000",
+        "done",
+        "",
+        "# a. the module",
+        "insmod $R/memdump.ko; echo \"insmod=$?\" > $R/module.txt",
+        "ls -ln /dev/memdump >> $R/module.txt 2>&1",
+        "cat /proc/iomem > $R/iomem.txt",
+        "cat /proc/kpageflags > $R/kpageflags.before",
+    ]
+    if boot.full:
+        lines += [
+            "$R/mdtool open-checks /dev/memdump > $R/open-checks.txt 2>&1",
+            "$R/mdtool secret /dev/memdump > $R/secret.txt 2>&1",
+            "",
+            "# d. strict /dev/mem",
+            "$R/mdtool devmem $R/devmem.txt",
+            "",
+            "# c. dump jobs, while a live process holds an mlock'ed pattern page",
+            "$R/mdtool pattern $R/pattern.txt $R/pattern.stop &",
+            "while [ ! -s $R/pattern.txt ]; do usleep 20000; done",
+        ]
+        for job in boot.jobs:
+            cmd = job.command.format(python=ctx.python, repo=REPO, map=f"{hw}/{job.name}.map",
+                                     out=f"{hw}/{job.name}.out")
+            redirect = f"> $R/{job.name}.out " if job.stdout else ""
+            lines += [
+                f"say JOB:{job.name}",
+                f"timeout 180 chroot /host {env} {cmd} {redirect}2> $R/{job.name}.err",
+                f"echo $? > $R/{job.name}.rc",
+                f"say DUMPED:{job.name}",
+                f"wait_ack {job.name}",
+                # what the pages are now: explains the ones that changed (-v report)
+                f"cat /proc/kpageflags > $R/{job.name}.kpageflags",
+            ]
+        lines += ["touch $R/pattern.stop; wait"]
+    lines += [
+        "",
+        "# b. fuzz; the host checks its kernel-text reference against RAM, guest paused",
+        "say FUZZ",
+        f"timeout {fuzz_seconds + 120} $R/mdtool fuzz /dev/memdump {boot.fuzz_reads} {seed} $R "
+        f"{fuzz_seconds}; echo $? > $R/fuzz.rc",
+        "say FUZZED",
+        "wait_ack fuzz",
+        "",
+        "# load/unload cycles; rmmod must fail while the device is open",
+        f"for i in $(seq 1 {boot.cycles}); do",
+        "  mkdir -p $R/cycle$i",
+        "  exec 3</dev/memdump",
+        "  if rmmod memdump 2>/dev/null; then echo \"FAIL $i rmmod with an open fd\"; "
+        "else echo \"ok $i rmmod refused while open\"; fi",
+        "  exec 3<&-",
+        "  if rmmod memdump; then echo \"ok $i rmmod\"; else echo \"FAIL $i rmmod\"; fi",
+        "  if [ -e /dev/memdump ]; then echo \"FAIL $i node left\"; "
+        "else echo \"ok $i node gone\"; fi",
+        "  if insmod $R/memdump.ko; then echo \"ok $i insmod\"; else echo \"FAIL $i insmod\"; fi",
+        "  if $R/mdtool fuzz /dev/memdump 1000 $i $R/cycle$i 60 >/dev/null 2>&1; "
+        "then echo \"ok $i fuzz\"; else echo \"FAIL $i fuzz\"; fi",
+        "done > $R/cycles.txt 2>&1",
+        "",
+        "dmesg > $R/dmesg.txt",
+        "say DONE",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# checks
+
+
+def key_values(path: Path) -> dict[str, str]:
+    values = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            key, sep, value = line.partition("=")
+            if sep:
+                values[key.strip()] = value.strip()
+    return values
+
+
+def read(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def check_job(ctx: Context, boot: Boot, job: Job, ram: compare.GuestRam) -> None:
+    """Called with the guest paused right after the job wrote its output."""
+    w = boot.dir
+    rc = read(w / f"{job.name}.rc").strip() or "?"
+    if rc != "0":
+        tail = read(w / f"{job.name}.err").strip().splitlines()[-3:]
+        ctx.fail(f"job {job.name}: exit {rc}: {' | '.join(tail)}")
+        return
+    if job.fmt == "text":
+        failures = job.check_text(read(w / f"{job.name}.out")) if job.check_text else []
+        for failure in failures:
+            ctx.fail(f"job {job.name}: {failure}")
+        boot.results[job.name] = "ok" if not failures else "FAIL"
+        return
+    iomem = read(w / "iomem.txt")
+    ram_ranges = compare.iomem_ranges(iomem)
+    kcode = compare.iomem_entry(iomem, "Kernel code")
+    unreadable = compare.unreadable_pages((w / "kpageflags.before").read_bytes(), ram_ranges)
+    pattern = key_values(w / "pattern.txt")
+    expected = {}
+    if "phys" in pattern:
+        expected["pattern page"] = (int(pattern["phys"], 16), compare.pattern_page())
+    else:
+        ctx.fail("no pattern page address from the guest")
+    t = time.monotonic()
+    try:
+        regions = compare.READERS[job.fmt](w / f"{job.name}.out", w / f"{job.name}.map")
+        verdict = compare.compare(regions, ram, ram_ranges,
+                                  {"kernel code": kcode} if kcode else {}, expected,
+                                  unreadable=unreadable)
+    except (ValueError, OSError) as exc:
+        ctx.fail(f"job {job.name}: {exc}")
+        return
+    for failure in verdict.failed():
+        ctx.fail(f"job {job.name}: {failure}")
+    boot.results[job.name] = verdict
+    (w / f"{job.name}.differing").write_text("".join(f"0x{a:x}\n" for a in verdict.differing))
+    ctx.log(f"job {job.name}: compared in {time.monotonic() - t:.1f}s; "
+            + "; ".join(f"{k}: {v}" for k, v in verdict.checks.items()))
+
+
+KPF_NAMES = ("locked error referenced uptodate dirty lru active slab writeback reclaim buddy mmap "
+             "anon swapcache swapbacked compound_head compound_tail huge unevictable hwpoison "
+             "nopage ksm thp offline zero_page idle pgtable").split()
+
+
+def explain_differences(boot: Boot, job: str) -> str:
+    """What the pages that changed during a dump are now (the guest's /proc/kpageflags)."""
+    flags_file, diff_file = boot.dir / f"{job}.kpageflags", boot.dir / f"{job}.differing"
+    if not flags_file.exists() or not diff_file.exists():
+        return "?"
+    flags = flags_file.read_bytes()
+    counts: dict[str, int] = {}
+    for line in diff_file.read_text().split():
+        pfn = int(line, 16) >> 12
+        value = int.from_bytes(flags[pfn * 8:pfn * 8 + 8], "little")
+        kinds = [n for i, n in enumerate(KPF_NAMES) if value >> i & 1 and n in
+                 ("slab", "buddy", "lru", "anon", "pgtable", "compound_head", "compound_tail")]
+        key = "+".join(kinds) or "no-flags (kernel page or free tail)"
+        counts[key] = counts.get(key, 0) + 1
+    return ", ".join(f"{v} {k}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])[:6])
+
+
+def check_fuzz_reference(ctx: Context, boot: Boot, ram: compare.GuestRam) -> None:
+    """kcode.bin is what the fuzzer read of the kernel text through the device: it must equal
+    RAM (every fuzz read inside kernel text was compared with it in the guest)."""
+    values = key_values(boot.dir / "fuzz.txt")
+    ref = boot.dir / "kcode.bin"
+    if not ref.exists() or "kcode_start" not in values:
+        ctx.fail(f"{boot.name}: fuzz left no kernel text reference")
+        return
+    start, end = int(values["kcode_start"]), int(values["kcode_end"])
+    if ref.read_bytes() != ram.read(start, end):
+        ctx.fail(f"{boot.name}: kernel text read through the device differs from guest RAM")
+
+
+def check_virtio_mem(ctx: Context, boot: Boot, guest: Guest, requested: int) -> None:
+    """QEMU's view of the virtio-mem device: where it is and how much the guest plugged."""
+    base, plugged = guest.virtio_mem_state()
+    boot.results["virtio_mem"] = (base, plugged)
+    if plugged != requested:
+        ctx.fail(f"virtio-mem: guest plugged {plugged >> 20} of {requested >> 20} MiB requested")
+    if "System RAM (virtio_mem)" not in read(boot.dir / "iomem.txt"):
+        ctx.fail("virtio-mem: no 'System RAM (virtio_mem)' in the guest's /proc/iomem")
+
+
+def run_guest(ctx: Context, args, boot: Boot) -> None:
+    """Boot, follow the sentinels, pause and compare at each dump, make sure QEMU ends."""
+    ram_file = Path(tempfile.mkstemp(prefix="memdump-vm-", suffix=".ram", dir="/dev/shm")[1])
+    vmem_file = Path(tempfile.mkstemp(prefix="memdump-vm-", suffix=".vmem", dir="/dev/shm")[1])
+    results = boot.results
+    virtio_mem = (vmem_file, args.virtio_mem, args.virtio_mem_plug) if args.virtio_mem else None
+    # the short boot gets a shorter leash: a hung guest must not eat the tier's budget twice
+    timeout = args.timeout if boot.full else min(args.timeout, 240)
+    cfg = GuestConfig(kver=ctx.kver, workdir=boot.dir, ram_file=ram_file,
+                      memory_mib=args.memory, cpu_model=boot.cpu, timeout=timeout,
+                      virtio_mem=virtio_mem)
+    guest = Guest(cfg, ctx.work / "initramfs.cpio.gz")
+    by_name = {j.name: j for j in boot.jobs}
+    started: dict[str, float] = {}
+    ram: compare.GuestRam | None = None
+    ended = False
+
+    def guest_ram() -> compare.GuestRam:
+        nonlocal ram
+        if ram is None:
+            windows = [(0, ram_file)]
+            if "virtio_mem" in results:
+                windows.append((results["virtio_mem"][0], vmem_file))
+            ram = compare.GuestRam(windows)
+        return ram
+
+    def paused(check: Callable[[], None], ack: str) -> None:
+        guest.pause()
+        try:
+            check()
+        finally:
+            guest.resume()
+            (boot.dir / f"ack.{ack}").touch()
+
+    t0 = time.monotonic()
+    try:
+        guest.start()
+        for name, arg in guest.events():
+            now = time.monotonic() - t0
+            ctx.log(f"{boot.name}: {name} {arg}".strip())
+            if name == "BOOTED":
+                results["timings"]["boot"] = now
+            elif name in ("JOB", "FUZZ"):
+                started[arg or "fuzz"] = now
+                if virtio_mem and "virtio_mem" not in results:
+                    check_virtio_mem(ctx, boot, guest, args.virtio_mem_plug << 20)
+            elif name == "DUMPED":
+                results["timings"][arg] = now - started.get(arg, now)
+                paused(lambda: check_job(ctx, boot, by_name[arg], guest_ram()), arg)
+            elif name == "FUZZED":
+                results["timings"]["fuzz"] = now - started.get("fuzz", now)
+                paused(lambda: check_fuzz_reference(ctx, boot, guest_ram()), "fuzz")
+            elif name in ("INSMOD-FAILED", "MOUNT-FAILED"):
+                ctx.fail(f"{boot.name}: guest setup: {name} {arg}")
+            elif name == "DONE":
+                results["timings"]["total"] = now
+            elif name == "END":
+                ended = True
+    finally:
+        guest.finish()
+        if ram:
+            ram.close()
+        ram_file.unlink(missing_ok=True)
+        vmem_file.unlink(missing_ok=True)
+    if not ended:
+        ctx.fail(f"{boot.name}: the guest did not finish (no END sentinel; see console.log)")
+    bad = [line for line in guest.lines if BAD_DMESG.search(line)]
+    if bad:
+        ctx.fail(f"{boot.name}: console shows kernel trouble: {bad[0].strip()}")
+
+
+def check_results(ctx: Context, args, boot: Boot) -> None:
+    """Everything the guest wrote to its share, checked after QEMU ended."""
+    w, results = boot.dir, boot.results
+    module = read(w / "module.txt").splitlines()
+    if "insmod=0" not in module[:1]:
+        ctx.fail(f"{boot.name}: insmod failed in the guest: {module[:1]}")
+    node = re.match(r"(\S+)\s+\d+\s+(\d+)\s+(\d+)", module[1] if len(module) > 1 else "")
+    if not node or node.groups() != ("cr--------", "0", "0"):
+        ctx.fail(f"{boot.name}: /dev/memdump node is not 0400 root: {module[1:2]}")
+
+    dmesg = read(w / "dmesg.txt")
+    loaded = [line for line in dmesg.splitlines() if "/dev/memdump ready" in line]
+    if not loaded or boot.copy_method not in loaded[0]:
+        ctx.fail(f"{boot.name}: module load message does not name {boot.copy_method}: "
+                 f"{loaded[:1]}")
+    bad = [line for line in dmesg.splitlines() if BAD_DMESG.search(line)]
+    results["dmesg"] = "missing" if not dmesg else "clean" if not bad else f"{len(bad)} bad lines"
+    if not dmesg or bad:
+        ctx.fail(f"{boot.name}: guest dmesg {results['dmesg']}: {bad[:1]}")
+
+    if boot.full:
+        opens = read(w / "open-checks.txt")
+        for line in opens.splitlines():
+            if line.startswith("FAIL"):
+                ctx.fail(f"open checks: {line}")
+        if "failures=0" not in opens:
+            ctx.fail("open checks did not complete")
+        secret = key_values(w / "secret.txt")
+        if not (secret.get("secret_start", "").startswith("ok")
+                and secret.get("secret_run_into", "").startswith("ok")):
+            ctx.fail(f"memfd_secret page (not in the direct map): {secret or 'no result'}")
+        devmem = key_values(w / "devmem.txt")
+        # kernel-lab.md: first-MiB RAM reads as zeros, RAM above 1 MiB is EPERM, addresses
+        # beyond the end of RAM (high_memory) are EFAULT, no /dev/kmem.  The rest is recorded.
+        want = {"ram_low": r"read-4096 nonzero=0 ", "ram_high": r"errno-EPERM",
+                "beyond_ram": r"errno-EFAULT", "kmem": r"absent"}
+        for key, pattern in want.items():
+            if not re.match(pattern, devmem.get(key, "") + " "):
+                ctx.fail(f"strict /dev/mem: {key}={devmem.get(key)!r}, expected {pattern.strip()}")
+        ctx.notes.append("strict /dev/mem: " + "; ".join(f"{k} {v.split(' off=')[0]}"
+                                                        for k, v in devmem.items()))
+        if "virtio_mem" in results:
+            base, plugged = results["virtio_mem"]
+            for name, verdict in results.items():
+                if isinstance(verdict, compare.Comparison):
+                    got = sum(max(0, e - max(s, base)) for s, e in verdict.regions if e > base)
+                    if got != plugged:
+                        ctx.fail(f"job {name}: {got >> 20} MiB dumped from virtio-mem, "
+                                 f"{plugged >> 20} MiB plugged")
+
+    fuzz = key_values(w / "fuzz.txt")
+    results["fuzz"] = fuzz
+    errors = read(w / "fuzz-errors.txt").splitlines()
+    if not fuzz:
+        ctx.fail(f"{boot.name}: fuzz left no summary (rc {read(w / 'fuzz.rc').strip()})")
+    else:
+        if int(fuzz.get("reads", 0)) < boot.fuzz_reads:
+            ctx.fail(f"{boot.name}: fuzz made only {fuzz.get('reads')} of {boot.fuzz_reads} reads")
+        if int(fuzz.get("errors", 1)) or int(fuzz.get("mismatches", 1)):
+            ctx.fail(f"{boot.name}: fuzz found {fuzz.get('errors')} wrong answers, "
+                     f"{fuzz.get('mismatches')} wrong bytes; first: {errors[:1]}")
+        if not int(fuzz.get("kcode_reads", 0)) or not int(fuzz.get("pattern_reads", 0)):
+            ctx.fail(f"{boot.name}: fuzz verified no bytes in kernel text or its pattern page")
+        if args.virtio_mem and not (int(fuzz.get("eio", 0)) and int(fuzz.get("short_eio", 0))):
+            ctx.fail(f"{boot.name}: fuzz never met an offline page (virtio-mem unplugged)")
+    cycles = read(w / "cycles.txt")
+    for line in cycles.splitlines():
+        if not line.startswith("ok"):
+            ctx.fail(f"{boot.name}: load/unload cycles: {line}")
+    if cycles.count("ok ") < 5 * boot.cycles:
+        ctx.fail(f"{boot.name}: load/unload cycles incomplete")
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def report(ctx: Context, boots: list[Boot]) -> int:
+    for failure in ctx.failures:
+        print(f"FAIL: {failure}")
+    for note in ctx.notes:
+        print(f"note: {note}")
+    pages = identical = reads = 0
+    fuzz_seconds = 0.0
+    dmesg = []
+    for boot in boots:
+        results = boot.results
+        for name, v in results.items():
+            if isinstance(v, compare.Comparison):
+                pages += v.pages
+                identical += v.identical
+                print(f"dump {name}: {v.identical}/{v.pages} pages identical ({v.percent:.2f} %), "
+                      f"{v.bytes >> 20} MiB in {len(v.regions)} regions, "
+                      f"{results['timings'].get(name, 0):.1f}s")
+                if ctx.verbose:
+                    print(f"  changed pages, now: {explain_differences(boot, name)}")
+        fuzz = results.get("fuzz", {})
+        if fuzz:
+            print(f"fuzz {boot.name} ({boot.cpu}): {fuzz.get('reads')} reads "
+                  f"(+{fuzz.get('thread_reads')} thread, +{fuzz.get('process_reads')} process), "
+                  f"{int(fuzz.get('bytes', 0)) >> 20} MiB returned, {fuzz.get('efault')} EFAULT, "
+                  f"{fuzz.get('eio')} EIO, {fuzz.get('eof')} EOF, {fuzz.get('einval')} EINVAL, "
+                  f"short {fuzz.get('short_hole')} hole/{fuzz.get('short_eio')} offline/"
+                  f"{fuzz.get('short_cap')} cap; {fuzz.get('kcode_bytes')} kernel-text bytes "
+                  f"verified; {fuzz.get('seconds')}s")
+            reads += int(fuzz.get("reads", 0))
+            fuzz_seconds += float(fuzz.get("seconds", 0))
+        if results.get("timings"):
+            print(f"timings {boot.name}: " + ", ".join(f"{k} {v:.1f}s"
+                                                      for k, v in results["timings"].items()))
+        dmesg.append(f"{boot.name} {results.get('dmesg', '?')}")
+    print(f"vm tier: {'PASS' if not ctx.failures else 'FAIL'}; pages compared {pages}, identical "
+          f"{100.0 * identical / pages if pages else 0:.2f} %; fuzz reads {reads} in "
+          f"{fuzz_seconds:.0f}s; dmesg {', '.join(dmesg) or '?'}; "
+          f"total {time.monotonic() - ctx.started:.0f}s")
+    return 1 if ctx.failures else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="memdump real-kernel tier (QEMU, Debian kernel)")
+    ap.add_argument("--kver", default=os.environ.get("MEMDUMP_VM_KVER", DEFAULT_KVER))
+    ap.add_argument("--fuzz-reads", type=int, default=100_000)
+    ap.add_argument("--fuzz-seconds", type=int, default=240,
+                    help="stop a fuzz loop after this long (the read count is still checked)")
+    ap.add_argument("--cycles", type=int, default=5, help="module load/unload cycles")
+    ap.add_argument("--seed", type=int, default=0, help="fuzz seed (0: from the clock)")
+    ap.add_argument("--memory", type=int, default=1024, help="guest boot RAM in MiB (< 2048)")
+    ap.add_argument("--virtio-mem", type=int, default=512, metavar="MIB",
+                    help="virtio-mem device region (0: none): nested System RAM (virtio_mem)")
+    ap.add_argument("--virtio-mem-plug", type=int, default=200, metavar="MIB",
+                    help="virtio-mem requested size; not a multiple of 128 MiB, so part of a "
+                         "memory block stays unplugged (PageOffline pages the module refuses)")
+    ap.add_argument("--no-second-boot", action="store_true",
+                    help="skip the qemu64 boot (copy_from_kernel_nofault path)")
+    ap.add_argument("--second-fuzz-reads", type=int, default=100_000)
+    ap.add_argument("--timeout", type=float, default=420,
+                    help="hard limit for the main QEMU run, seconds (the second: 240 at most)")
+    ap.add_argument("--jobs", default="auto",
+                    help="comma-separated job names, or 'auto' (every job whose needs are met)")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    args = ap.parse_args(argv)
+
+    if os.geteuid() != 0:
+        print("vm tier: needs root (QEMU's 9p export of /, the module build)", file=sys.stderr)
+        return 2
+    if not Path(f"/boot/vmlinuz-{args.kver}").exists():
+        print(f"vm tier: no /boot/vmlinuz-{args.kver}", file=sys.stderr)
+        return 2
+    seed = args.seed or int(time.time()) & 0xFFFFFFFF
+    work = Path(tempfile.mkdtemp(prefix="memdump-vm-"))
+    ctx = Context(args.kver, work, *choose_python(work), args.verbose)
+    ctx.notes.append(f"work directory {work}{'' if args.keep else ' (removed)'}; seed {seed}; "
+                     f"guest python {ctx.python}")
+    boots: list[Boot] = []
+    try:
+        ko = build_module(ctx)
+        tool = build_mdtool(ctx)
+        build_initramfs(args.kver, work / "initramfs.cpio.gz",
+                        extra_modules=("virtio_mem",) if args.virtio_mem else ())
+        jobs = []
+        wanted = None if args.jobs == "auto" else set(args.jobs.split(","))
+        for job in JOBS:
+            if wanted is not None and job.name not in wanted:
+                continue
+            reason = job.needs(ctx) if job.needs else None
+            if reason and wanted is None:
+                ctx.notes.append(f"job {job.name} skipped: {reason}")
+            elif reason:
+                ctx.fail(f"job {job.name} cannot run: {reason}")
+            else:
+                jobs.append(job)
+        boots.append(Boot("main", work / "main", "max", "copy_mc_to_kernel", args.fuzz_reads,
+                          args.cycles, True, jobs))
+        if not args.no_second_boot:
+            boots.append(Boot("nofault", work / "nofault", "qemu64", "copy_from_kernel_nofault",
+                              args.second_fuzz_reads, 1, False))
+        for boot in boots:
+            boot.dir.mkdir()
+            shutil.copy(ko, boot.dir / "memdump.ko")
+            shutil.copy(tool, boot.dir / "mdtool")
+            # a different seed per boot: the layouts match, the fuzz should not
+            (boot.dir / "guest.sh").write_text(
+                guest_script(ctx, boot, seed + boots.index(boot), args.fuzz_seconds))
+            run_guest(ctx, args, boot)
+            check_results(ctx, args, boot)
+    except TierAbort as exc:
+        ctx.fail(str(exc))
+    except Exception as exc:  # the harness itself broke: say so in one line, keep the summary
+        import traceback
+        if args.verbose:
+            traceback.print_exc()
+        ctx.fail(f"harness error: {exc!r}")
+    finally:
+        code = report(ctx, boots)
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
