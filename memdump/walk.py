@@ -26,6 +26,7 @@ from memdump.sink import Sink
 from memdump.sources.base import DevMemory
 
 DEFAULT_READ_SIZE = 1 << 20  # large reads amortise system calls; page fallback keeps holes exact
+BATCH = 1 << 20  # smaller reads are gathered up to this much per write
 
 
 @dataclass(frozen=True)
@@ -51,21 +52,32 @@ def aligned_buffer(size: int) -> mmap.mmap:
 
 
 class Reader:
-    """Reads address spans from a source, in large reads with a page-granular fallback."""
+    """Reads address spans from a source, in large reads with a page-granular fallback.
+
+    Reads smaller than ``BATCH`` (an explicit small ``-b``) are still made one by one, each of
+    the size asked for, but land side by side in the buffer, so the sink gets one write per
+    buffer instead of one per read.
+    """
 
     def __init__(self, source: DevMemory, page_size: int, read_size: int, sink: Sink | None = None):
         self.source = source
         self.page_size = page_size
         self.read_size = read_size
-        self.buffer = aligned_buffer(read_size)
+        self.capacity = max(read_size, BATCH)
+        self.buffer = aligned_buffer(self.capacity)
         self.view = memoryview(self.buffer)
         self.sink = sink
 
     def _read(self, address: int, size: int) -> tuple[int, int]:
-        """(count, 0) or (0, errno): one read, EINTR retried."""
+        """(count, 0) or (0, errno): one read into the start of the buffer, EINTR retried."""
+        return self._read_into(address, 0, size)
+
+    def _read_into(self, address: int, offset: int, size: int) -> tuple[int, int]:
+        """(count, 0) or (0, errno): one read into the buffer at ``offset``, EINTR retried."""
+        view = self.view[offset:offset + size]
         while True:
             try:
-                return self.source.readinto(address, self.view[:size]), 0
+                return self.source.readinto(address, view), 0
             except InterruptedError:
                 continue
             except HoleError as exc:
@@ -93,8 +105,10 @@ class Reader:
         """
         address = start
         left = budget
+        read_size = self.read_size
+        capacity = self.capacity
         while address < end and (left is None or left > 0):
-            want = min(self.read_size, end - address)
+            want = min(read_size, end - address)
             if left is not None:
                 want = min(want, left)
             sent = self._zero_copy(address, want)
@@ -103,16 +117,32 @@ class Reader:
                 address += sent
                 left = None if left is None else left - sent
                 continue
-            count, err = self._read(address, want)
-            if count:
-                yield ("data", address, self.view[:count])
+            # Reads of ``want`` bytes, side by side in the buffer until it is full.
+            first = address
+            filled = 0
+            err = 0
+            ended = False
+            while True:
+                count, err = self._read_into(address, filled, want)
+                if not count:
+                    ended = not err
+                    break
+                filled += count
                 address += count
                 left = None if left is None else left - count
-                continue
-            if not err:
+                if filled + read_size > capacity or address >= end or left == 0:
+                    break
+                want = min(read_size, end - address)
+                if left is not None:
+                    want = min(want, left)
+            if filled:
+                yield ("data", first, self.view[:filled])
+            if ended:
                 yield ("eof", address)
                 return
-            # The large read failed: retry this window page by page so only bad pages are lost.
+            if not err:
+                continue
+            # The read failed: retry its window page by page so only bad pages are lost.
             window_end = address + want
             while address < window_end and (left is None or left > 0):
                 step_end = min(address - address % self.page_size + self.page_size, window_end)
@@ -234,9 +264,38 @@ class ScanWalk:
         self.result = result = WalkResult()
         regions = _Regions(self.on_region, result)
         end = self.source.scan_end()
+        reader = self.reader
+        read_into = reader._read_into
+        view = reader.view
+        capacity = reader.capacity
+        sink = self.sink
         where = 0
         count = 0
-        read = self.reader._read
+        # Reads that succeed land side by side in the buffer (each still exactly the read the
+        # loop asks for) and go out in one write when the buffer is full or before anything else
+        # happens (a hole, the end): small -b reads cost one system call each, not two. The map
+        # follows what has been written.
+        batch_at = 0
+        pending = 0
+
+        def flush() -> None:
+            nonlocal pending
+            if pending:
+                sink.write(view[:pending])
+                regions.extend(batch_at, pending)
+                pending = 0
+
+        def read(address: int, size: int) -> tuple[int, int]:
+            nonlocal pending, batch_at
+            if pending + size > capacity:
+                flush()
+            got, err = read_into(address, pending, size)
+            if got:
+                if not pending:
+                    batch_at = address
+                pending += got
+            return got, err
+
         try:
             while not self.limit or count < self.limit:
                 if where >= end:
@@ -248,8 +307,6 @@ class ScanWalk:
                     todo = min(todo, self.limit - count)
                 got, err = read(where, todo)
                 if got:
-                    self.sink.write(self.reader.view[:got])
-                    regions.extend(where, got)
                     count += got
                     where += got
                     continue
@@ -258,6 +315,7 @@ class ScanWalk:
                     self.remark(1, f"Stopped on EOF at {where:#x}")
                     break
                 if self.window == self.read_size:
+                    flush()
                     regions.close()
                     result.holes.append(Hole(where, where + self.page_size,
                                              errno.errorcode.get(err, str(err))))
@@ -269,11 +327,10 @@ class ScanWalk:
                     step = min(self.read_size, window_end - where)
                     got, err = read(where, step)
                     if got:
-                        self.sink.write(self.reader.view[:got])
-                        regions.extend(where, got)
                         count += got
                         where += got
                     elif err:
+                        flush()
                         regions.close()
                         result.holes.append(Hole(where, where + self.page_size,
                                                  errno.errorcode.get(err, str(err))))
@@ -286,9 +343,10 @@ class ScanWalk:
                     break
             else:
                 result.stopped = "size limit (-s)"
+            flush()
         finally:
             regions.close()
-            result.bytes_written = count
+            result.bytes_written = count - pending
         if self.limit and count < self.limit:
             self.remark(0, f"warning: found only {count:#x} of {self.limit:#x} bytes")
         return result
