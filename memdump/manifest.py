@@ -14,6 +14,7 @@ from typing import Any, Iterable, Sequence
 
 from memdump import __version__
 from memdump.errors import MemdumpError, OutputError, UsageError
+from memdump.sink import open_output as create_file
 
 DEFAULT_HASH = "sha256"
 SCHEMA = 1
@@ -50,16 +51,6 @@ def hash_names(requested: Iterable[str], manifest: bool) -> tuple[str, ...]:
         if algorithm not in names:
             names.append(algorithm)
     return tuple(names)
-
-
-def create_file(path: str, what: str) -> int:
-    """Create ``path`` as evidence files are created: never overwrite, never follow a link, 0600."""
-    try:
-        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    except FileExistsError:
-        raise UsageError(f"{what} {path}: file exists (memdump never overwrites it)") from None
-    except OSError as exc:
-        raise UsageError(f"{what} {path}: {exc.strerror}") from None
 
 
 def write_all(fd: int, data: bytes, what: str) -> None:

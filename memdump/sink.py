@@ -28,14 +28,15 @@ HASH_SLOT = 1 << 20  # bytes handed to the hashing thread at a time (well above 
 HASH_SLOTS = 4  # slots in flight: the writer runs up to three slots ahead of the hasher
 
 
-def open_output(path: str) -> int:
-    """Create ``path`` for an image: never overwrite, never follow a link, readable by root only."""
+def open_output(path: str, what: str = "-o") -> int:
+    """Create ``path`` as evidence files are created: never overwrite, never follow a link, 0600.
+    ``what`` names the option in the one-line error."""
     try:
         return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except FileExistsError:
-        raise UsageError(f"-o {path}: file exists (memdump never overwrites an image)") from None
+        raise UsageError(f"{what} {path}: file exists (memdump never overwrites it)") from None
     except OSError as exc:
-        raise UsageError(f"-o {path}: {exc.strerror}") from None
+        raise UsageError(f"{what} {path}: {exc.strerror}") from None
 
 
 def usable_cpus() -> int:
