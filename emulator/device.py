@@ -3,7 +3,7 @@
 Two behaviours:
 
 * ``module`` (default) -- what memdump's kernel module does: byte-granular System RAM; a read that
-  starts in a hole fails (EFAULT), one that runs into a hole returns a short count; reads at or
+  starts in a hole fails (ENXIO), one that runs into a hole returns a short count; reads at or
   past the end of the last RAM range return 0 (end of device).
 * ``strict-devmem`` -- what ``/dev/mem`` does under CONFIG_STRICT_DEVMEM: RAM pages in the first
   MiB read as zeros and firmware pages there read as they are; RAM above 1 MiB fails with EPERM,
@@ -129,7 +129,7 @@ class EmulatedMemory(DevMemory):
             return b""
         r = machine.ram_range_at(address)
         if r is None:
-            raise HoleError(self.name, address, errno.EFAULT, "not System RAM")
+            raise HoleError(self.name, address, errno.ENXIO, "not System RAM")
         if self._page(address) in self.faults.eio_pages:
             raise HoleError(self.name, address, errno.EIO, "page failed (injected)")
         end = self._clip_faults(address, min(address + size, r.end))

@@ -3,7 +3,7 @@
 The module works where ``/dev/mem`` does not (``CONFIG_STRICT_DEVMEM``): it serves System RAM
 only, read-only, the file offset being the physical address.  Its read(2) contract:
 
-- a read that starts in a hole (not System RAM) fails with EFAULT; one that starts in a RAM page
+- a read that starts in a hole (not System RAM) fails with ENXIO; one that starts in a RAM page
   the kernel says must not be touched (offline, hardware-poisoned, ballooned, unaccepted, not in
   the direct map) or that hits a machine check fails with EIO;
 - a read that runs into either returns the bytes before it (a short count);
