@@ -169,6 +169,8 @@ class Kcore(DevMemory):
             what = "kernel virtual"
         else:
             if layout.ram is None:
+                if host.read_text("/proc/iomem") is None:
+                    return Probe(cls.name, UNUSABLE, "cannot read /proc/iomem (the map of RAM)")
                 return Probe(cls.name, UNUSABLE, "/proc/iomem shows zero addresses: reading it needs "
                              "CAP_SYS_ADMIN (run as root)")
             ranges = layout.physical_ranges()
