@@ -16,6 +16,7 @@ from memdump.errors import MemdumpError, OutputError, UsageError
 from memdump.formats import FORMATS, ImageMeta, plan_regions, writer_for
 from memdump.formats.acquire import Acquisition, StructuredWalk
 from memdump.host import Host
+from memdump.module_cli import module_command, run_with_module
 from memdump.sink import Sink, open_output
 from memdump.sizes import parse_size
 from memdump.sources import NAMES, open_source, probe_all
@@ -222,6 +223,9 @@ CONTEXT = dict(help_option_names=["--help"], max_content_width=100)
               help="Digest the output with ALG (any hashlib name; repeatable); with -o also writes "
                    "PATH.ALG. The manifest always has sha256.")
 @click.option("--no-progress", is_flag=True, help="No progress line on stderr (shown only on a terminal).")
+@click.option("--load-module", "load_module", metavar="[PATH]", is_flag=False, flag_value="", default=None,
+              help="Load memdump's kernel module for this dump (PATH, else the one installed or built for "
+                   "this kernel) and unload it afterwards if this run loaded it.")
 @click.version_option(__version__, prog_name=PROG)
 @click.pass_context
 def cli(ctx, **options):
@@ -234,7 +238,12 @@ def cli(ctx, **options):
     if ctx.invoked_subcommand is None:
         flags = {param.opts[0]: options[param.name] for param in ctx.command.params
                  if param.name in options}
-        run_dump(flags=flags, **options)
+        load_module = options.pop("load_module")
+        if load_module is None:
+            run_dump(flags=flags, **options)
+        else:
+            run_with_module(load_module, lambda: run_dump(flags=flags, **options),
+                            root=options["root"], verbose=options["verbose"])
 
 
 @cli.command("sources")
@@ -292,6 +301,9 @@ def verify_command(image: str, manifest_path: str):
 
     for line in verify(image, manifest_path):
         click.echo(line)
+
+
+cli.add_command(module_command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,23 +3,33 @@
 
 Run as root (``.ci/run`` calls it after the unit tests)::
 
-    python3 tests/vm/run_tier.py               # the whole tier (two boots, about 3 minutes)
+    python3 tests/vm/run_tier.py               # the whole tier (two boots, about 7 minutes)
     python3 tests/vm/run_tier.py --keep -v     # keep the work directory, print progress
-    python3 tests/vm/run_tier.py --jobs raw-device --no-second-boot   # quicker
+    python3 tests/vm/run_tier.py --jobs cli-kmod-lime,lime-peer --no-second-boot   # quicker
 
 Boot 1 ("main", CPU model ``max``: ERMS, so the module copies with copy_mc_to_kernel), 1 GiB of
 guest RAM in a host file plus a virtio-mem device (nested "System RAM (virtio_mem)" with unplugged,
 PageOffline sub-blocks the module must refuse):
 
-a. kmod/ is built against Debian's headers with W=1 (zero warnings required), insmod'ed in the
-   guest; the node must be 0400 root; write opens, a root without CAP_SYS_RAWIO and uid 65534
-   must be refused; no mmap/ioctl/write;
+a. kmod/ is built against Debian's headers with W=1 (zero warnings required) through
+   ``memdump module build``, insmod'ed in the guest; the node must be 0400 root; write opens, a
+   root without CAP_SYS_RAWIO and uid 65534 must be refused; no mmap/ioctl/write;
 d. strict /dev/mem behaves as kernel-lab.md says (first-MiB RAM zeros, RAM above EPERM, beyond
-   RAM EFAULT, no /dev/kmem);
+   RAM EFAULT, no /dev/kmem); ``memdump sources`` calls devmem *limited* by CONFIG_STRICT_DEVMEM
+   and ``memdump --source devmem --scan -s 1m`` returns what ``dd if=/dev/mem`` (and the original
+   memdump, when installed) returns for the first MiB;
 c. each dump job of ``JOBS`` (a command line run inside ``chroot /host``) writes its output to the
-   results share; the host pauses the guest (QMP) right after and compares it with guest RAM:
-   kernel text and an mlock'ed pattern page 100 % identical, all pages >= 99 %, every byte inside
-   System RAM, all RAM covered except the pages /proc/kpageflags marks offline/poisoned;
+   results share; the host pauses the guest (QMP) right after and compares it with guest RAM
+   through an independent reader of its format (compare.py): kernel text and an mlock'ed pattern
+   page 100 % identical, all pages >= 99 %, every byte inside System RAM, all RAM covered.
+   --source kmod and kcore, each as raw + map, padded, LiME and ELF core.  Offline/poisoned pages
+   (/proc/kpageflags): the module refuses them (raw: left out; structured: zero-filled and listed
+   in the manifest, and only they); kcore pads them with zeros.  The module jobs check
+   ``memdump module status|load|unload`` and ``--load-module``: memdump unloads the module only
+   when it loaded it, and ``auto`` never loads it;
+e. LiME (Debian's lime-forensics-dkms source, built against the same headers) dumps the same
+   guest to the same share (``format=lime timeout=0``): its time against ``memdump --source kmod
+   --format lime``'s is reported (no threshold), its output compared like ours but not judged;
 b. the fuzzer (mdtool.c) makes >= 100,000 reads at random offsets and lengths (plus seeks, a second
    thread on the same fd, a second process, a fatal signal), checks every return value against
    /proc/iomem + /proc/kpageflags and every byte read in kernel text or its pattern page against
@@ -35,9 +45,11 @@ Standard library only.
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -56,21 +68,49 @@ from guest import Guest, GuestConfig, build_initramfs  # noqa: E402
 DEFAULT_KVER = "6.1.0-56-amd64"
 BAD_DMESG = re.compile(r"Oops|\bBUG\b|WARNING|Call Trace|general protection fault|Kernel panic"
                        r"|usercopy:|RIP: 00")
+# -s 64m dumps hold the first MiBs only, where the kernel's own allocations churn most: measured
+# 98.5-98.8 % identical there (whole-RAM dumps: 99.2-99.8 %)
+PARTIAL_MIN_PERCENT = 97.0
+# Debian's lime-forensics-dkms puts LiME's source here (the tier builds a copy; never committed);
+# $MEMDUMP_VM_LIME_SRC names another directory holding it (main.c, Makefile, ...)
+LIME_SOURCES = "/usr/src/lime-forensics-*"
 
 
 # ---------------------------------------------------------------------------------------------
 # Dump jobs: one command line each, run as root inside `chroot /host` (the host's own files, the
-# guest's kernel) with the checkout on PYTHONPATH.  Placeholders: {python} {repo} {map} {out}
-# (paths as seen in the chroot).  stdout goes to <job>.out unless stdout=False (jobs that take
-# -o {out} themselves).  ``fmt`` names the reader in compare.READERS that turns the output back
-# into (address, bytes) regions; "text" jobs are checked by ``check_text`` instead.
-# To add a format: a reader in compare.READERS and a line here, e.g.
-#   Job("cli-lime", "{python} -m memdump --source kmod --format lime -o {out}", fmt="lime",
-#       stdout=False, needs=has_cli)
+# guest's kernel) with the checkout on PYTHONPATH, in this order (the module jobs change whether
+# the module is loaded).  Placeholders: {python} {repo} {dir} (the results share) {map} {out}
+# {manifest} {ko} (memdump.ko) {name}, as seen where the command runs.  stdout goes to <job>.out
+# unless stdout=False (jobs that take -o {out} themselves).  ``fmt`` names the reader in
+# compare.READERS that turns the output back into (address, bytes) regions; "text" jobs are
+# judged by their ``check`` alone.  After each job the guest records whether the module is loaded
+# (<job>.state).  To add a format: a reader in compare.READERS and a line here.
+
+
+class Files:
+    """A job's files on the results share: <name>.out, .err, .state, ..."""
+
+    def __init__(self, directory: Path, name: str):
+        self.directory, self.name = directory, name
+
+    def path(self, ext: str) -> Path:
+        return self.directory / f"{self.name}.{ext}"
+
+    def text(self, ext: str) -> str:
+        return read(self.path(ext))
+
+
+Check = Callable[[Files], list[str]]
 
 
 def has_cli(ctx: "Context") -> str | None:
-    """Reason to skip the memdump CLI jobs, or None when the CLI can run."""
+    """Reason to skip the memdump CLI jobs, or None when the CLI can run (asked once)."""
+    if ctx.cli_reason is None:
+        ctx.cli_reason = cli_problem(ctx) or ""
+    return ctx.cli_reason or None
+
+
+def cli_problem(ctx: "Context") -> str | None:
     probe = subprocess.run([ctx.python, "-c", "import memdump.cli, memdump.sources.kmod"],
                            env={**os.environ, "PYTHONPATH": ctx.pythonpath}, capture_output=True)
     if probe.returncode:
@@ -79,15 +119,81 @@ def has_cli(ctx: "Context") -> str | None:
     return None
 
 
-def check_sources(text: str) -> list[str]:
-    """`memdump sources` in the guest: kmod usable; devmem not usable (strict /dev/mem)."""
+def has_lime(ctx: "Context") -> str | None:
+    """Reason to skip the LiME peer, or None once lime.ko is built (into ctx.work)."""
+    if ctx.lime is None:
+        ctx.lime = build_lime(ctx)
+    return None if isinstance(ctx.lime, Path) else ctx.lime
+
+
+def all_of(*checks: Check) -> Check:
+    return lambda files: [failure for check in checks for failure in check(files)]
+
+
+def says(ext: str, *words: str) -> Check:
+    """<job>.<ext> (out, err) holds every one of ``words``."""
+    def check(files: Files) -> list[str]:
+        text = files.text(ext)
+        return [f"{ext} lacks {word!r}: {' | '.join(text.strip().splitlines()[-3:])!r}"
+                for word in words if word not in text]
+    return check
+
+
+def module_state(want: str) -> Check:
+    """After the job the module is ``loaded`` or ``absent`` (and so is its node)."""
+    def check(files: Files) -> list[str]:
+        state = files.text("state")
+        got = "loaded" if "module=loaded" in state else "absent"
+        node = "node=present" in state
+        if got != want or node != (want == "loaded"):
+            return [f"module {got}, node {'present' if node else 'absent'} afterwards; "
+                    f"expected {want}"]
+        return []
+    return check
+
+
+def check_sources(files: Files) -> list[str]:
+    """`memdump sources` in the guest: kmod and kcore usable; devmem limited by STRICT_DEVMEM."""
     failures = []
-    lines = {line.split()[0]: line for line in text.splitlines() if line.strip()}
-    if lines.get("kmod", "").split()[1:2] != ["usable"]:
-        failures.append(f"kmod not usable: {lines.get('kmod', 'missing')!r}")
-    if lines.get("devmem", "").split()[1:2] == ["usable"]:
-        failures.append(f"devmem claims usable under STRICT_DEVMEM: {lines.get('devmem')!r}")
+    lines = {line.split()[0]: line for line in files.text("out").splitlines() if line.strip()}
+    for name in ("kmod", "kcore"):
+        if lines.get(name, "").split()[1:2] != ["usable"]:
+            failures.append(f"{name} not usable: {lines.get(name, 'missing')!r}")
+    devmem = lines.get("devmem", "")
+    if devmem.split()[1:2] != ["limited"] or "CONFIG_STRICT_DEVMEM" not in devmem:
+        failures.append(f"devmem is not 'limited' by CONFIG_STRICT_DEVMEM: {devmem!r}")
     return failures
+
+
+def check_devmem_scan(files: Files) -> list[str]:
+    """--source devmem --scan -s 1m == dd if=/dev/mem bs=4096 count=256 (== original memdump)."""
+    failures = []
+    got, dd = files.path("out").read_bytes(), files.path("dd").read_bytes()
+    if len(got) != 1 << 20 or got != dd:
+        diff = next((i for i in range(min(len(got), len(dd))) if got[i] != dd[i]), None)
+        failures.append(f"{len(got)} bytes, dd read {len(dd)}; first difference at "
+                        f"{diff if diff is None else hex(diff)}")
+    if files.text("map") != "0x0 0x100000\n":
+        failures.append(f"map {files.text('map')!r}, expected '0x0 0x100000'")
+    original = files.path("orig")
+    if original.exists() and original.read_bytes() != got:
+        failures.append("differs from the original memdump -s 1m")
+    return failures + says("err", "source devmem", "CONFIG_STRICT_DEVMEM")(files)
+
+
+def status_says(module: str, device: str) -> Check:
+    """`memdump module status` lines: module: <module...>, device: <...device...>."""
+    def check(files: Files) -> list[str]:
+        rows = dict(line.split(":", 1) for line in files.text("out").splitlines() if ":" in line)
+        failures = []
+        if not rows.get("module", "").strip().startswith(module):
+            failures.append(f"module: {rows.get('module', '').strip()!r}, expected {module!r}")
+        if device not in rows.get("device", ""):
+            failures.append(f"device: {rows.get('device', '').strip()!r}, expected {device!r}")
+        if "installed" not in rows or "kernel" not in rows:
+            failures.append("no 'kernel:' / 'installed:' line")
+        return failures
+    return check
 
 
 @dataclass
@@ -95,16 +201,66 @@ class Job:
     name: str
     command: str
     fmt: str = "raw"
+    source: str | None = None   # kmod: refuses offline pages; kcore: reads them as zeros
     needs: Callable[["Context"], str | None] | None = None
     stdout: bool = True
-    check_text: Callable[[str], list[str]] | None = None
+    check: Check | None = None
+    manifest: bool = False      # wrote {manifest}
+    partial: bool = False       # -s: compared where it dumped, not for coverage
+    chroot: bool = True         # False: run by the guest's busybox shell
+    pre: str = ""               # guest shell before the (timed) command
+    post: str = ""              # guest shell after it
+    peer: bool = False          # another tool (LiME): reported, not judged, not in the totals
+
+
+CLI = "{python} -m memdump"
+
+
+def structured(source: str, fmt: str) -> Job:
+    return Job(f"cli-{source}-{fmt}", f"{CLI} --source {source} --format {fmt} -o {{out}} "
+               "--manifest {manifest}", fmt=fmt, source=source, stdout=False, manifest=True,
+               needs=has_cli)
 
 
 JOBS: list[Job] = [
-    Job("raw-device", "{python} {repo}/tests/vm/rawdump.py --device /dev/memdump -m {map}"),
-    Job("cli-sources", "{python} -m memdump sources", fmt="text", needs=has_cli,
-        check_text=check_sources),
-    Job("cli-kmod", "{python} -m memdump --source kmod -m {map}", needs=has_cli),
+    Job("raw-device", "{python} {repo}/tests/vm/rawdump.py --device /dev/memdump -m {map}",
+        source="kmod"),
+    Job("cli-sources", f"{CLI} sources", fmt="text", needs=has_cli, check=check_sources),
+    Job("cli-devmem-scan", f"{CLI} -v --source devmem --scan -s 1m -m {{map}}", fmt="text",
+        needs=has_cli, check=check_devmem_scan,
+        pre="dd if=/dev/mem of=$R/{name}.dd bs=4096 count=256 2>/dev/null\n"
+            "if [ -x /host/usr/sbin/memdump ]; then timeout 60 chroot /host /usr/sbin/memdump "
+            "-s 1m > $R/{name}.orig 2>/dev/null; fi"),
+    Job("cli-kmod", f"{CLI} -v --source kmod -m {{map}}", source="kmod", needs=has_cli,
+        check=says("err", "source kmod")),
+    structured("kmod", "padded"),
+    structured("kmod", "lime"),
+    Job("lime-peer", "insmod {dir}/lime.ko path={out} format=lime timeout=0", fmt="lime",
+        stdout=False, chroot=False, peer=True, needs=has_lime, post="rmmod lime"),
+    structured("kmod", "elf"),
+    # the module from the command line; `auto` with and without it
+    Job("module-status", f"{CLI} module status", fmt="text", needs=has_cli,
+        check=status_says("loaded", "mode 0400, owner 0:0 (ok)")),
+    Job("load-module-kept", f"{CLI} --load-module {{ko}} -v -s 64m -m {{map}}", source="kmod",
+        partial=True, needs=has_cli,
+        check=all_of(says("err", "already loaded", "source kmod"), module_state("loaded"))),
+    Job("module-unload", f"{CLI} module unload", fmt="text", needs=has_cli,
+        check=all_of(says("out", "unloaded memdump"), module_state("absent"))),
+    Job("auto-without-module", f"{CLI} -v -s 64m -m {{map}}", source="kcore", partial=True,
+        needs=has_cli, check=all_of(says("err", "source kcore"), module_state("absent"))),
+    Job("module-status-absent", f"{CLI} module status", fmt="text", needs=has_cli,
+        check=status_says("not loaded", "/dev/memdump missing")),
+    Job("load-module-temp", f"{CLI} --load-module {{ko}} -v -s 64m -m {{map}}", source="kmod",
+        partial=True, needs=has_cli,
+        check=all_of(says("err", "memdump: loaded /", "source kmod", "unloaded memdump"),
+                     module_state("absent"))),
+    Job("module-load", f"{CLI} module load {{ko}}", fmt="text", needs=has_cli,
+        check=all_of(says("out", "loaded /"), module_state("loaded"))),
+    Job("cli-kcore", f"{CLI} -v --source kcore -m {{map}}", source="kcore", needs=has_cli,
+        check=says("err", "source kcore")),
+    structured("kcore", "padded"),
+    structured("kcore", "lime"),
+    structured("kcore", "elf"),
 ]
 
 
@@ -120,6 +276,9 @@ class Context:
     verbose: bool
     failures: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    lime: Path | str | None = None   # lime.ko once built, or why it is not
+    cli_reason: str | None = None    # why the CLI cannot run ("" when it can), once asked
+    kcore_partial_noted: set = field(default_factory=set)
     started: float = field(default_factory=time.monotonic)
 
     def log(self, text: str) -> None:
@@ -144,6 +303,9 @@ class Boot:
     full: bool                 # open checks, /dev/mem, dump jobs
     jobs: list[Job] = field(default_factory=list)
     results: dict = field(default_factory=lambda: {"timings": {}})
+    insmod_args: str = ""                              # module parameters for every insmod
+    peers: dict = field(default_factory=dict)          # job -> Comparison of another tool's dump
+    guest_times: dict = field(default_factory=dict)    # job -> seconds, measured in the guest
 
 
 # Python packages the memdump CLI needs beyond the standard library.
@@ -189,17 +351,30 @@ def choose_python(work: Path) -> tuple[str, str]:
 
 
 def build_module(ctx: Context) -> Path:
-    """make -C kmod KVER=... W=1 on a copy of kmod/: the log must hold no warning."""
+    """kmod/ built against Debian's headers with W=1 in a copy (<work>/kmod-build, so the checkout
+    stays clean and cannot race someone else's build): through ``memdump module build`` when the
+    CLI runs here, else with make itself.  The log must hold no warning."""
     build = ctx.work / "kmod-build"
-    # a copy keeps the checkout clean and cannot race someone else's build in kmod/
-    shutil.copytree(REPO / "kmod", build, ignore=shutil.ignore_patterns(
-        "*.o", "*.ko", "*.mod", "*.mod.c", ".*.cmd", "Module.symvers", "modules.order", ".tmp*"))
     log = ctx.work / "kbuild.log"
     t = time.monotonic()
-    proc = subprocess.run(["make", "-C", str(build), f"KVER={ctx.kver}", "W=1"],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    log.write_bytes(proc.stdout)
-    text = proc.stdout.decode(errors="replace")
+    via_cli = has_cli(ctx) is None
+    if via_cli:
+        proc = subprocess.run([ctx.python, "-m", "memdump", "module", "build", "-v", "--source-dir",
+                               str(REPO / "kmod"), "--build-dir", str(build), "--kver", ctx.kver,
+                               "W=1"], env={**os.environ, "PYTHONPATH": ctx.pythonpath},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        output = proc.stderr
+        printed = proc.stdout.decode(errors="replace").strip()
+        if not proc.returncode and printed != str(build / "memdump.ko"):
+            ctx.fail(f"memdump module build printed {printed!r}, not {build / 'memdump.ko'}")
+    else:
+        shutil.copytree(REPO / "kmod", build, ignore=shutil.ignore_patterns(
+            "*.o", "*.ko", "*.mod", "*.mod.c", ".*.cmd", "Module.symvers", "modules.order", ".tmp*"))
+        proc = subprocess.run(["make", "-C", str(build), f"KVER={ctx.kver}", "W=1"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        output = proc.stdout
+    log.write_bytes(output)
+    text = output.decode(errors="replace")
     warnings = [line for line in text.splitlines() if re.search(r"\bwarning\b", line, re.I)
                 and "Skipping BTF generation" not in line]
     ko = build / "memdump.ko"
@@ -208,9 +383,33 @@ def build_module(ctx: Context) -> Path:
         raise TierAbort(f"module build failed: {tail}")
     if warnings:
         ctx.fail(f"module build: {len(warnings)} warnings, first: {warnings[0]}")
-    ctx.notes.append(f"module build (W=1) {'clean: 0 warnings' if not warnings else 'WARNINGS'} "
+    ctx.notes.append(f"module build (W=1{', memdump module build' if via_cli else ', make'}) "
+                     f"{'clean: 0 warnings' if not warnings else 'WARNINGS'} "
                      f"in {time.monotonic() - t:.0f}s")
     return ko
+
+
+def build_lime(ctx: Context) -> Path | str:
+    """LiME's lime.ko from Debian's lime-forensics-dkms source, built in a copy against the same
+    headers (kbuild directly: LiME's own Makefile renames and strips the module); or the reason
+    it cannot be."""
+    found = [os.environ["MEMDUMP_VM_LIME_SRC"]] if os.environ.get("MEMDUMP_VM_LIME_SRC") else \
+        sorted(glob.glob(LIME_SOURCES))
+    if not found or not Path(found[-1], "main.c").exists():
+        return (f"no LiME source ({os.environ.get('MEMDUMP_VM_LIME_SRC') or LIME_SOURCES}: "
+                "apt-get install lime-forensics-dkms)")
+    source = Path(found[-1])
+    build = ctx.work / "lime-build"
+    shutil.copytree(source, build, ignore=shutil.ignore_patterns("*.o", "*.ko", ".*.cmd"))
+    t = time.monotonic()
+    proc = subprocess.run(["make", "-C", f"/lib/modules/{ctx.kver}/build", f"M={build}",
+                           "modules"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    (ctx.work / "lime-build.log").write_bytes(proc.stdout)
+    if proc.returncode or not (build / "lime.ko").exists():
+        tail = proc.stdout.decode(errors="replace").strip().splitlines()[-1:]
+        return f"LiME build failed: {tail}"
+    ctx.notes.append(f"LiME {source.name} built in {time.monotonic() - t:.0f}s")
+    return build / "lime.ko"
 
 
 def build_mdtool(ctx: Context) -> Path:
@@ -239,6 +438,7 @@ def guest_script(ctx: Context, boot: Boot, seed: int, fuzz_seconds: int) -> str:
         f"# generated by tests/vm/run_tier.py: boot {boot.name}",
         "R=/results",
         f"H={hw}",
+        f"MODARGS='{boot.insmod_args}'",
         "say() { echo \"@@MD:$*@@\" > /dev/console; }",
         "wait_ack() { while [ ! -e $R/ack.$1 ]; do usleep 20000; done; }",
         "# the chroot: the host's / read-only, the guest's proc/sys/dev, the results share",
@@ -255,7 +455,7 @@ def guest_script(ctx: Context, boot: Boot, seed: int, fuzz_seconds: int) -> str:
         "done",
         "",
         "# a. the module",
-        "insmod $R/memdump.ko; echo \"insmod=$?\" > $R/module.txt",
+        "insmod $R/memdump.ko $MODARGS; echo \"insmod=$?\" > $R/module.txt",
         "ls -ln /dev/memdump >> $R/module.txt 2>&1",
         "cat /proc/iomem > $R/iomem.txt",
         "cat /proc/kpageflags > $R/kpageflags.before",
@@ -273,18 +473,35 @@ def guest_script(ctx: Context, boot: Boot, seed: int, fuzz_seconds: int) -> str:
             "while [ ! -s $R/pattern.txt ]; do usleep 20000; done",
         ]
         for job in boot.jobs:
-            cmd = job.command.format(python=ctx.python, repo=REPO, map=f"{hw}/{job.name}.map",
-                                     out=f"{hw}/{job.name}.out")
+            where = hw if job.chroot else "/results"
+            fields = dict(python=ctx.python, repo=REPO, dir=where, name=job.name,
+                          map=f"{where}/{job.name}.map", out=f"{where}/{job.name}.out",
+                          manifest=f"{where}/{job.name}.json", ko=f"{where}/memdump.ko")
+            cmd = job.command.format(**fields)
+            if job.chroot:
+                cmd = f"chroot /host {env} {cmd}"
             redirect = f"> $R/{job.name}.out " if job.stdout else ""
             lines += [
                 f"say JOB:{job.name}",
-                f"timeout 180 chroot /host {env} {cmd} {redirect}2> $R/{job.name}.err",
+                *([job.pre.format(**fields)] if job.pre else []),
+                "read t0 rest < /proc/uptime",
+                f"timeout 180 {cmd} {redirect}2> $R/{job.name}.err",
                 f"echo $? > $R/{job.name}.rc",
+                "read t1 rest < /proc/uptime",
+                f"echo \"$t0 $t1\" > $R/{job.name}.time",
+                # shell builtins only: nothing forks between the dump and the comparison
+                "{ if [ -d /sys/module/memdump ]; then echo module=loaded; "
+                "else echo module=absent; fi; if [ -e /dev/memdump ]; then echo node=present; "
+                f"else echo node=absent; fi; }} > $R/{job.name}.state",
                 f"say DUMPED:{job.name}",
                 f"wait_ack {job.name}",
+                *([job.post.format(**fields)] if job.post else []),
                 # what the pages are now: explains the ones that changed (-v report)
-                f"cat /proc/kpageflags > $R/{job.name}.kpageflags",
+                *([f"cat /proc/kpageflags > $R/{job.name}.kpageflags"]
+                  if job.fmt != "text" and ctx.verbose else []),
             ]
+        lines += ["# the fuzz needs the module, whatever the jobs left",
+                  "[ -d /sys/module/memdump ] || insmod $R/memdump.ko $MODARGS"]
         lines += ["touch $R/pattern.stop; wait"]
     lines += [
         "",
@@ -305,7 +522,7 @@ def guest_script(ctx: Context, boot: Boot, seed: int, fuzz_seconds: int) -> str:
         "  if rmmod memdump; then echo \"ok $i rmmod\"; else echo \"FAIL $i rmmod\"; fi",
         "  if [ -e /dev/memdump ]; then echo \"FAIL $i node left\"; "
         "else echo \"ok $i node gone\"; fi",
-        "  if insmod $R/memdump.ko; then echo \"ok $i insmod\"; else echo \"FAIL $i insmod\"; fi",
+        "  if insmod $R/memdump.ko $MODARGS; then echo \"ok $i insmod\"; else echo \"FAIL $i insmod\"; fi",
         "  if $R/mdtool fuzz /dev/memdump 1000 $i $R/cycle$i 60 >/dev/null 2>&1; "
         "then echo \"ok $i fuzz\"; else echo \"FAIL $i fuzz\"; fi",
         "done > $R/cycles.txt 2>&1",
@@ -334,18 +551,38 @@ def read(path: Path) -> str:
     return path.read_text(errors="replace") if path.exists() else ""
 
 
+def guest_seconds(files: Files) -> float | None:
+    """The job's duration as the guest measured it (/proc/uptime before and after)."""
+    try:
+        before, after = map(float, files.text("time").split())
+    except ValueError:
+        return None
+    return after - before
+
+
 def check_job(ctx: Context, boot: Boot, job: Job, ram: compare.GuestRam) -> None:
     """Called with the guest paused right after the job wrote its output."""
     w = boot.dir
-    rc = read(w / f"{job.name}.rc").strip() or "?"
+    files = Files(w, job.name)
+    # a peer's trouble is reported, not judged
+    fail = (lambda text: ctx.notes.append(f"peer {text}")) if job.peer else ctx.fail
+    seconds = guest_seconds(files)
+    if seconds is not None:
+        boot.guest_times[job.name] = seconds
+    rc = files.text("rc").strip() or "?"
     if rc != "0":
-        tail = read(w / f"{job.name}.err").strip().splitlines()[-3:]
-        ctx.fail(f"job {job.name}: exit {rc}: {' | '.join(tail)}")
+        tail = files.text("err").strip().splitlines()[-3:]
+        fail(f"job {job.name}: exit {rc}: {' | '.join(tail)}")
         return
+    failures = []
+    if job.check:
+        try:
+            failures = job.check(files)
+        except (OSError, ValueError) as exc:
+            failures = [f"{exc}"]
+    for failure in failures:
+        fail(f"job {job.name}: {failure}")
     if job.fmt == "text":
-        failures = job.check_text(read(w / f"{job.name}.out")) if job.check_text else []
-        for failure in failures:
-            ctx.fail(f"job {job.name}: {failure}")
         boot.results[job.name] = "ok" if not failures else "FAIL"
         return
     iomem = read(w / "iomem.txt")
@@ -357,22 +594,87 @@ def check_job(ctx: Context, boot: Boot, job: Job, ram: compare.GuestRam) -> None
     if "phys" in pattern:
         expected["pattern page"] = (int(pattern["phys"], 16), compare.pattern_page())
     else:
-        ctx.fail("no pattern page address from the guest")
+        fail("no pattern page address from the guest")
+    if job.source == "kcore":
+        # /proc/kcore publishes whole pages only: a partial page at a range's end (the first
+        # range's 0x9f000-0x9fc00) is out of its reach -- and, so far, out of the manifest too
+        whole = compare.whole_pages(ram_ranges)
+        lost = sum(e - s for s, e in ram_ranges) - sum(e - s for s, e in whole)
+        if lost and not job.partial:
+            if not ctx.kcore_partial_noted:
+                ctx.notes.append(f"kcore: {lost} bytes of System RAM in partial pages cannot be "
+                                 "read through /proc/kcore; images and manifests of jobs "
+                                 "{jobs} leave them out without a record")
+            ctx.kcore_partial_noted.add(job.name)
+        ram_ranges = whole
+    structured = job.fmt != "raw"
+    policy: dict = {"unreadable": unreadable, "full_coverage": not (job.partial or job.peer),
+                    # kcore reads offline pages as zeros; a structured format zero-fills them
+                    "unreadable_as_zeros": structured or job.source == "kcore"}
+    if job.partial:
+        # the first MiBs only: no kernel text, no pattern page, and the busiest RAM there is
+        kcode, expected, policy["min_percent"] = None, {}, PARTIAL_MIN_PERCENT
+    manifest = None
     t = time.monotonic()
     try:
-        regions = compare.READERS[job.fmt](w / f"{job.name}.out", w / f"{job.name}.map")
+        if job.manifest:
+            manifest = compare.manifest_facts(files.path("json"))
+            policy["zero_filled"] = manifest["zero_filled"]
+            # the module refuses exactly the offline pages; kcore never refuses a RAM page
+            policy["zero_filled_expected"] = unreadable if job.source == "kmod" else set()
+        regions = compare.READERS[job.fmt](files.path("out"), files.path("map"), ram_ranges)
         verdict = compare.compare(regions, ram, ram_ranges,
-                                  {"kernel code": kcode} if kcode else {}, expected,
-                                  unreadable=unreadable)
-    except (ValueError, OSError) as exc:
-        ctx.fail(f"job {job.name}: {exc}")
+                                  {"kernel code": kcode} if kcode else {}, expected, **policy)
+    except (ValueError, OSError, KeyError) as exc:
+        fail(f"job {job.name}: {exc!r}" if isinstance(exc, KeyError) else f"job {job.name}: {exc}")
         return
+    if manifest is not None:
+        verdict.checks["manifest"] = check_manifest(job, manifest, verdict, ram_ranges)
+    if job.fmt == "elf":
+        verdict.checks["ELF notes and p_vaddr"] = check_elf_facts(ctx, files.path("out"))
+    if job.peer:
+        total = sum(e - s for s, e in ram_ranges)
+        ctx.notes.append(f"peer {job.name}: {verdict.bytes >> 20} of {total >> 20} MiB of System "
+                         f"RAM dumped, in {len(verdict.regions)} of the guest's "
+                         f"{len(ram_ranges)} RAM ranges")
     for failure in verdict.failed():
-        ctx.fail(f"job {job.name}: {failure}")
-    boot.results[job.name] = verdict
+        fail(f"job {job.name}: {failure}")
+    (boot.peers if job.peer else boot.results)[job.name] = verdict
     (w / f"{job.name}.differing").write_text("".join(f"0x{a:x}\n" for a in verdict.differing))
     ctx.log(f"job {job.name}: compared in {time.monotonic() - t:.1f}s; "
             + "; ".join(f"{k}: {v}" for k, v in verdict.checks.items()))
+
+
+def check_manifest(job: Job, manifest: dict, verdict: compare.Comparison,
+                   ram_ranges: list[tuple[int, int]]) -> str:
+    """The manifest agrees with the file: complete, this source and format, the same regions
+    (every System RAM range of the guest)."""
+    problems = []
+    if manifest["complete"] is not True:
+        problems.append(f"not complete ({manifest['error']})")
+    if manifest["source"] != job.source or manifest["format"] != job.fmt:
+        problems.append(f"source {manifest['source']} format {manifest['format']}")
+    if manifest["regions"] != ram_ranges:
+        problems.append(f"{len(manifest['regions'])} regions, not the guest's {len(ram_ranges)} "
+                        "System RAM ranges")
+    if job.fmt != "padded" and manifest["regions"] != verdict.regions:
+        problems.append("its regions are not the file's")
+    if manifest["skipped"]:
+        problems.append(f"{len(manifest['skipped'])} skipped spans in a structured image")
+    return ("FAIL " + "; ".join(problems)) if problems else (
+        f"ok complete, {len(manifest['regions'])} regions = System RAM")
+
+
+def check_elf_facts(ctx: Context, path: Path) -> str:
+    """VMCOREINFO of this kernel in the note; p_vaddr = the direct map (one kernel-half offset)."""
+    notes = compare.elf_notes(path)
+    shifts = compare.elf_direct_map(path)
+    info = notes.get("VMCOREINFO", b"")
+    if f"OSRELEASE={ctx.kver}".encode() not in info:
+        return f"FAIL no VMCOREINFO with OSRELEASE={ctx.kver} (notes: {sorted(notes)})"
+    if len(shifts) != 1 or not min(shifts) >> 63:  # the kernel half (LA57 guests start lower)
+        return f"FAIL p_vaddr - p_paddr: {sorted(hex(v) for v in shifts)}"
+    return f"ok VMCOREINFO ({len(info)} bytes), direct map at {min(shifts):#x}"
 
 
 KPF_NAMES = ("locked error referenced uptodate dirty lru active slab writeback reclaim buddy mmap "
@@ -478,6 +780,9 @@ def run_guest(ctx: Context, args, boot: Boot) -> None:
                 results["timings"]["total"] = now
             elif name == "END":
                 ended = True
+    except BaseException:
+        guest.finish(grace=0)  # interrupted or broken: QEMU goes now, not after the guest's steps
+        raise
     finally:
         guest.finish()
         if ram:
@@ -534,8 +839,11 @@ def check_results(ctx: Context, args, boot: Boot) -> None:
                                                         for k, v in devmem.items()))
         if "virtio_mem" in results:
             base, plugged = results["virtio_mem"]
+            # jobs that leave the unplugged (offline) pages out: all of RAM through the module, raw
+            leave_out = {j.name for j in boot.jobs
+                         if j.source == "kmod" and j.fmt == "raw" and not j.partial}
             for name, verdict in results.items():
-                if isinstance(verdict, compare.Comparison):
+                if isinstance(verdict, compare.Comparison) and name in leave_out:
                     got = sum(max(0, e - max(s, base)) for s, e in verdict.regions if e > base)
                     if got != plugged:
                         ctx.fail(f"job {name}: {got >> 20} MiB dumped from virtio-mem, "
@@ -567,30 +875,54 @@ def check_results(ctx: Context, args, boot: Boot) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def lime_comparison(boots: list[Boot]) -> tuple[str, str] | None:
+    """(report line, summary fragment) for LiME against memdump --source kmod --format lime."""
+    for boot in boots:
+        ours, theirs = boot.guest_times.get("cli-kmod-lime"), boot.guest_times.get("lime-peer")
+        if ours is None or theirs is None or "lime-peer" not in boot.peers:
+            continue
+        peer, mine = boot.peers["lime-peer"], boot.results.get("cli-kmod-lime")
+        mine_mib = f"{mine.bytes >> 20} MiB" if isinstance(mine, compare.Comparison) else "?"
+        line = (f"LiME vs memdump (format lime, to the 9p share, timed in the guest): LiME "
+                f"{theirs:.1f}s for {peer.bytes >> 20} MiB in {len(peer.regions)} ranges, "
+                f"{peer.percent:.2f} % identical; memdump --source kmod {ours:.1f}s for {mine_mib}; "
+                f"memdump/LiME time {ours / theirs:.2f}, MiB/s {(peer.bytes >> 20) / theirs:.1f} vs "
+                + (f"{(mine.bytes >> 20) / ours:.1f}" if isinstance(mine, compare.Comparison) else "?"))
+        return line, f"LiME {theirs:.1f}s vs memdump {ours:.1f}s ({ours / theirs:.2f}x)"
+    return None
+
+
 def report(ctx: Context, boots: list[Boot]) -> int:
     for failure in ctx.failures:
         print(f"FAIL: {failure}")
     for note in ctx.notes:
-        print(f"note: {note}")
+        print(f"note: {note}".replace("{jobs}", ", ".join(sorted(ctx.kcore_partial_noted))))
     pages = identical = reads = 0
     fuzz_seconds = 0.0
     dmesg = []
     for boot in boots:
         results = boot.results
-        for name, v in results.items():
-            if isinstance(v, compare.Comparison):
-                pages += v.pages
-                identical += v.identical
-                print(f"dump {name}: {v.identical}/{v.pages} pages identical ({v.percent:.2f} %), "
-                      f"{v.bytes >> 20} MiB in {len(v.regions)} regions, "
-                      f"{results['timings'].get(name, 0):.1f}s")
+        for kind, table in (("dump", results), ("peer", boot.peers)):
+            for name, v in table.items():
+                if not isinstance(v, compare.Comparison):
+                    continue
+                if kind == "dump":
+                    pages += v.pages
+                    identical += v.identical
+                seconds = boot.guest_times.get(name, results["timings"].get(name, 0))
+                print(f"{kind} {name}: {v.identical}/{v.pages} pages identical ({v.percent:.2f} %), "
+                      f"{v.bytes >> 20} MiB in {len(v.regions)} regions, {seconds:.1f}s")
                 if ctx.verbose:
                     print(f"  changed pages, now: {explain_differences(boot, name)}")
+        texts = [name for name, v in results.items() if v in ("ok", "FAIL")]
+        if texts:
+            print(f"checks {boot.name}: " + ", ".join(f"{n} {results[n]}" for n in texts))
         fuzz = results.get("fuzz", {})
         if fuzz:
             print(f"fuzz {boot.name} ({boot.cpu}): {fuzz.get('reads')} reads "
                   f"(+{fuzz.get('thread_reads')} thread, +{fuzz.get('process_reads')} process), "
-                  f"{int(fuzz.get('bytes', 0)) >> 20} MiB returned, {fuzz.get('efault')} EFAULT, "
+                  f"{int(fuzz.get('bytes', 0)) >> 20} MiB returned, {fuzz.get('enxio', 0)} ENXIO, "
+                  f"{fuzz.get('efault')} EFAULT, "
                   f"{fuzz.get('eio')} EIO, {fuzz.get('eof')} EOF, {fuzz.get('einval')} EINVAL, "
                   f"short {fuzz.get('short_hole')} hole/{fuzz.get('short_eio')} offline/"
                   f"{fuzz.get('short_cap')} cap; {fuzz.get('kcode_bytes')} kernel-text bytes "
@@ -601,10 +933,13 @@ def report(ctx: Context, boots: list[Boot]) -> int:
             print(f"timings {boot.name}: " + ", ".join(f"{k} {v:.1f}s"
                                                       for k, v in results["timings"].items()))
         dmesg.append(f"{boot.name} {results.get('dmesg', '?')}")
+    lime = lime_comparison(boots)
+    if lime:
+        print(lime[0])
     print(f"vm tier: {'PASS' if not ctx.failures else 'FAIL'}; pages compared {pages}, identical "
           f"{100.0 * identical / pages if pages else 0:.2f} %; fuzz reads {reads} in "
           f"{fuzz_seconds:.0f}s; dmesg {', '.join(dmesg) or '?'}; "
-          f"total {time.monotonic() - ctx.started:.0f}s")
+          f"{lime[1] if lime else 'LiME not run'}; total {time.monotonic() - ctx.started:.0f}s")
     return 1 if ctx.failures else 0
 
 
@@ -625,13 +960,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-second-boot", action="store_true",
                     help="skip the qemu64 boot (copy_from_kernel_nofault path)")
     ap.add_argument("--second-fuzz-reads", type=int, default=100_000)
-    ap.add_argument("--timeout", type=float, default=420,
+    ap.add_argument("--timeout", type=float, default=560,
                     help="hard limit for the main QEMU run, seconds (the second: 240 at most)")
     ap.add_argument("--jobs", default="auto",
                     help="comma-separated job names, or 'auto' (every job whose needs are met)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
+
+    def interrupted(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    # SIGTERM (timeout(1), CI) unwinds like ^C: QEMU is stopped, RAM files and work dir removed
+    signal.signal(signal.SIGTERM, interrupted)
 
     if os.geteuid() != 0:
         print("vm tier: needs root (QEMU's 9p export of /, the module build)", file=sys.stderr)
@@ -665,12 +1006,18 @@ def main(argv: list[str] | None = None) -> int:
         boots.append(Boot("main", work / "main", "max", "copy_mc_to_kernel", args.fuzz_reads,
                           args.cycles, True, jobs))
         if not args.no_second_boot:
+            # without ERMS there is no machine-check-safe copy: the module serves reads only when
+            # told to (allow_unsafe_copy=1), where it has that parameter
+            unsafe = "allow_unsafe_copy" in read(REPO / "kmod" / "memdump_main.c")
             boots.append(Boot("nofault", work / "nofault", "qemu64", "copy_from_kernel_nofault",
-                              args.second_fuzz_reads, 1, False))
+                              args.second_fuzz_reads, 1, False,
+                              insmod_args="allow_unsafe_copy=1" if unsafe else ""))
         for boot in boots:
             boot.dir.mkdir()
             shutil.copy(ko, boot.dir / "memdump.ko")
             shutil.copy(tool, boot.dir / "mdtool")
+            if isinstance(ctx.lime, Path) and any(j.name == "lime-peer" for j in boot.jobs):
+                shutil.copy(ctx.lime, boot.dir / "lime.ko")
             # a different seed per boot: the layouts match, the fuzz should not
             (boot.dir / "guest.sh").write_text(
                 guest_script(ctx, boot, seed + boots.index(boot), args.fuzz_seconds))
@@ -678,6 +1025,8 @@ def main(argv: list[str] | None = None) -> int:
             check_results(ctx, args, boot)
     except TierAbort as exc:
         ctx.fail(str(exc))
+    except KeyboardInterrupt as exc:
+        ctx.fail(f"interrupted ({exc or 'SIGINT'})")
     except Exception as exc:  # the harness itself broke: say so in one line, keep the summary
         import traceback
         if args.verbose:
