@@ -133,6 +133,7 @@ def run_dump(*, buffer_size: int, kernel: bool, map_target: str | None, page_siz
         say(1, f"buffer size {buffer_size:#x}")
         common = dict(page_size=page_size, on_region=map_file, remark=lambda level, text: say(level, text))
         writer = None
+        planned = []
         if scan:
             walk = ScanWalk(source, sink, read_size=buffer_size, exact_reads=explicit_read_size,
                             limit=dump_size, **common)
@@ -149,11 +150,18 @@ def run_dump(*, buffer_size: int, kernel: bool, map_target: str | None, page_siz
                 total = writer.total_size()
             else:
                 walk = RamWalk(source, sink, read_size=read_size, limit=dump_size, **common)
+        unserved = []
+        if not scan and planned:
+            # with -s, only what lies below where the dump stops concerns this image
+            unserved = [h for h in source.unserved() if not dump_size or h.start < planned[-1].end]
+        for hole in unserved:
+            say(1, f"{hole.start:#x}-{hole.end:#x}: {hole.reason}")
         manifest = None
         if manifest_path:
             manifest = records_mod.Manifest(format=image_format, output=output, flags=dict(flags or {}),
                                             map_path=map_target)
             manifest.describe_source(source, page_size)
+            manifest.set_unserved(unserved)
             if writer is not None and image_format == "elf":
                 manifest.set(elf=elf_record)
         show = progress.wanted(no_progress) and map_target != "-"
@@ -199,7 +207,8 @@ CONTEXT = dict(help_option_names=["--help"], max_content_width=100)
 
 @click.group(invoke_without_command=True, context_settings=CONTEXT)
 @click.option("-b", "buffer_size", type=SIZE, default="0", metavar="SIZE",
-              help="Bytes per read operation (default 0: the page size).")
+              help="Bytes per read operation (default 0: the page size, which memdump serves with 1 MiB "
+                   "reads and the same output).")
 @click.option("-k", "kernel", is_flag=True, help="Dump kernel (virtual) memory instead of physical memory.")
 @click.option("-m", "map_target", metavar="FILE",
               help="Write the memory map: one '0x<start> 0x<end>' line per dumped region; '-' is stderr.")
@@ -235,6 +244,17 @@ def cli(ctx, **options):
     see which memory sources work on this machine and why the others do not; 'memdump info',
     'convert' and 'verify' inspect, convert and check images.
     """
+    if ctx.invoked_subcommand is not None:
+        # Options written before a subcommand belong to the dump; only --root and -k carry over
+        # (to 'sources'). Anything else would be silently ignored: refuse it instead.
+        given = [param.opts[0] for param in ctx.command.params
+                 if ctx.get_parameter_source(param.name) == click.core.ParameterSource.COMMANDLINE
+                 and param.name not in ("root", "kernel")]
+        if given:
+            raise UsageError(f"{', '.join(given)}: dump options do not apply to "
+                             f"'{ctx.invoked_subcommand}' (put a subcommand's options after it)")
+        ctx.obj = {"root": options["root"], "kernel": options["kernel"]}
+        return
     if ctx.invoked_subcommand is None:
         flags = {param.opts[0]: options[param.name] for param in ctx.command.params
                  if param.name in options}
@@ -249,9 +269,12 @@ def cli(ctx, **options):
 @cli.command("sources")
 @click.option("-k", "kernel", is_flag=True, help="Probe for kernel (virtual) memory instead.")
 @click.option("--root", metavar="DIR", help="Probe the fake machine under DIR.")
-def sources_command(kernel: bool, root: str | None):
+@click.pass_context
+def sources_command(ctx, kernel: bool, root: str | None):
     """List every memory source: usable or not, and why."""
-    host = Host.at(root)
+    inherited = ctx.obj or {}
+    host = Host.at(root or inherited.get("root"))
+    kernel = kernel or inherited.get("kernel", False)
     for probe in probe_all(host, kernel):
         click.echo(probe.line())
 

@@ -136,3 +136,19 @@ def intersect_ranges(left: list[Range], right: list[Range]) -> list[Range]:
                 result.append(Range(lo, hi))
             k += 1
     return result
+
+
+def subtract_ranges(left: list[Range], right: list[Range]) -> list[Range]:
+    """The parts of sorted, merged ``left`` outside sorted, merged ``right``."""
+    result: list[Range] = []
+    for start, end in left:
+        cursor = start
+        for r in right:
+            if r.end <= cursor or r.start >= end:
+                continue
+            if r.start > cursor:
+                result.append(Range(cursor, r.start))
+            cursor = max(cursor, r.end)
+        if cursor < end:
+            result.append(Range(cursor, end))
+    return result

@@ -112,6 +112,7 @@ class Manifest:
             "regions": [],
             "zero_filled": [],
             "skipped": [],
+            "unserved": [],
             "bytes_written": 0,
             "digests": {},
         }
@@ -131,6 +132,10 @@ class Manifest:
     def set_unread(self, holes: Sequence[Any], zero_filled: bool) -> None:
         page_size = self.data.get("page_size") or 4096
         self.data["zero_filled" if zero_filled else "skipped"] = spans(holes, page_size)
+
+    def set_unserved(self, holes: Sequence[Any]) -> None:
+        """RAM the source cannot serve at all (outside every region): listed, never silent."""
+        self.data["unserved"] = spans(holes, self.data.get("page_size") or 4096)
 
     def finish(self, *, bytes_written: int, digests: dict[str, str], stopped: str,
                error: str | None = None, address: int | None = None) -> None:

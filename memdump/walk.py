@@ -23,19 +23,10 @@ from typing import Callable, Iterator
 from memdump.errors import HoleError
 from memdump.iomem import Range
 from memdump.sink import Sink
-from memdump.sources.base import DevMemory
+from memdump.sources.base import DevMemory, Hole
 
 DEFAULT_READ_SIZE = 1 << 20  # large reads amortise system calls; page fallback keeps holes exact
 BATCH = 1 << 20  # smaller reads are gathered up to this much per write
-
-
-@dataclass(frozen=True)
-class Hole:
-    """``[start, end)`` could not be read; ``reason`` is an errno name or "eof"."""
-
-    start: int
-    end: int
-    reason: str
 
 
 @dataclass

@@ -203,3 +203,12 @@ def test_click_runner_help_sources_and_dump(plain_root, tmp_path):
     dumped = runner.invoke(cli, ["--root", root, "-s", "100k", "-o", str(target)])
     assert dumped.exit_code == 0
     assert target.read_bytes() == expected_ram_walk(machine, limit=100 << 10)[0]
+
+
+def test_options_before_a_subcommand(root_factory, capfdbinary):
+    """--root and -k before 'sources' carry over; dump options there are refused, not ignored."""
+    root, _ = root_factory("strict", strict_devmem=True)
+    code, out, _ = run_main(capfdbinary, "--root", root, "sources")
+    assert code == 0 and b"CONFIG_STRICT_DEVMEM" in out
+    code, out, err = run_main(capfdbinary, "-s", "1m", "--root", root, "sources")
+    assert code == 2 and out == b"" and "-s" in err and err.count("\n") == 1

@@ -205,3 +205,20 @@ def test_spans_merge_and_count_pages():
         {"start": 0x1000, "end": 0x3000, "size": 0x2000, "pages": 2, "reason": "EIO"},
         {"start": 0x3000, "end": 0x3800, "size": 0x800, "pages": 1, "reason": "EFAULT"},
         {"start": 0x9000, "end": 0xA000, "size": 0x1000, "pages": 1, "reason": "EIO"}]
+
+
+def test_kcore_partial_pages_are_accounted_as_unserved(root_factory, tmp_path, capfdbinary):
+    """kcore publishes whole pages only: the RAM bytes of partial last pages are listed, not lost."""
+    import json
+
+    from conftest import run_main
+
+    root, machine = root_factory("plain", kmod=True)
+    manifest = tmp_path / "kcore.json"
+    code, out, err = run_main(capfdbinary, "--source", "kcore", "--root", root, "--format", "lime",
+                              "-o", str(tmp_path / "kcore.lime"), "--manifest", str(manifest))
+    assert code == 0, err
+    unserved = [(s["start"], s["end"]) for s in json.loads(manifest.read_text())["unserved"]]
+    partial = [(r.end - r.end % 4096, r.end) for r in machine.ram if r.end % 4096]
+    partial += [(r.start, -(-r.start // 4096) * 4096) for r in machine.ram if r.start % 4096]
+    assert sorted(unserved) == sorted(partial) and partial

@@ -26,6 +26,15 @@ UNUSABLE = "unusable"
 
 
 @dataclass(frozen=True)
+class Hole:
+    """``[start, end)`` could not be read (or is not served); ``reason`` says why."""
+
+    start: int
+    end: int
+    reason: str
+
+
+@dataclass(frozen=True)
 class Probe:
     source: str
     status: str
@@ -74,6 +83,11 @@ class DevMemory(abc.ABC):
 
         Returns the count (short counts allowed; 0 means end of the device) or raises HoleError.
         """
+
+    def unserved(self) -> list[Hole]:
+        """RAM the machine publishes that this source cannot serve at all (so no walk reads it):
+        the manifest accounts for it. Most sources serve all of it."""
+        return []
 
     def scan_end(self) -> int:
         """First address beyond anything a blind scan (``--scan``) may read; bounds the walk."""

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from memdump import elf64
 from memdump.errors import HoleError, SourceUnavailable
 from memdump.host import Host
-from memdump.iomem import Iomem, Range, intersect_ranges, merge_ranges
-from memdump.sources.base import UNUSABLE, USABLE, DevMemory, Probe
+from memdump.iomem import Iomem, Range, intersect_ranges, merge_ranges, subtract_ranges
+from memdump.sources.base import UNUSABLE, USABLE, DevMemory, Hole, Probe
 from memdump.sources.devmem import open_failure
 
 KCORE = "/proc/kcore"
@@ -183,6 +183,14 @@ class Kcore(DevMemory):
 
     def ranges(self) -> list[Range]:
         return list(self._ranges)
+
+    def unserved(self) -> list[Hole]:
+        """System RAM kcore has no segment for: it publishes whole pages only, so the bytes of a
+        range's partial last page (e.g. 0x9f000-0x9fc00) are out of reach."""
+        if self.kernel or not self.layout.ram:
+            return []
+        return [Hole(r.start, r.end, "not published by /proc/kcore")
+                for r in subtract_ranges(self.layout.ram, self._ranges)]
 
     def _locate(self, address: int) -> Mapping | None:
         # Few segments, and text overlaps the direct map physically: check every candidate.

@@ -45,6 +45,9 @@ def module_file(host: Host) -> str | None:
 
 
 def open_failure(exc: OSError) -> str:
+    if exc.errno == errno.EOPNOTSUPP:
+        return (f"cannot open {DEVICE}: this CPU has no machine-check-safe copy, so the module "
+                "refuses by default (memdump module load PATH allow_unsafe_copy=1 accepts the risk)")
     if exc.errno in (errno.EACCES, errno.EPERM):
         return (f"cannot open {DEVICE}: permission denied (needs root with CAP_SYS_RAWIO; "
                 "lockdown=confidentiality also refuses it)")
@@ -78,10 +81,10 @@ class KmodMemory(FileDevMemory):
                 return verdict(UNUSABLE, f"module {MODULE} is loaded but {DEVICE} is missing "
                                          "(no devtmpfs or udev?)")
             if module_file(host):
-                return verdict(UNUSABLE, f"module {MODULE} is not loaded (modprobe {MODULE})")
+                return verdict(UNUSABLE, f"module {MODULE} is not loaded (memdump module load, or "
+                                         f"--load-module for one dump)")
             return verdict(UNUSABLE, f"module {MODULE} is not loaded and none is installed for "
-                                     f"{release} (make -C kmod KVER={release} && insmod "
-                                     f"kmod/{MODULE}.ko)")
+                                     f"{release} (memdump module build, then memdump module load)")
         try:
             mode = os.stat(host.path(DEVICE)).st_mode
         except OSError as exc:

@@ -368,7 +368,7 @@ static u64 pat_phys;
 static volatile int stop_threads;
 
 struct stats {
-	u64 reads, data_reads, bytes, eof, efault, einval, eio, eintr, zero;
+	u64 reads, data_reads, bytes, eof, enxio, efault, einval, eio, eintr, zero;
 	u64 short_hole, short_cap, short_eio, kcode_reads, kcode_bytes;
 	u64 pattern_reads, mismatches, semantic;
 };
@@ -412,7 +412,7 @@ static long long expected(u64 off, u64 len)
 		return 0;
 	r = ram_at(off);
 	if (!r)
-		return -EFAULT;
+		return -ENXIO; /* a hole: not System RAM */
 	n = len < MAX_READ ? len : MAX_READ;
 	if (n > r->end - off)
 		n = r->end - off;
@@ -480,6 +480,7 @@ static void one_read(int fd, struct stats *st, u64 off, u64 len, unsigned char *
 
 	if (got < 0) {
 		switch (e) {
+		case ENXIO: st->enxio++; break;
 		case EFAULT: st->efault++; break;
 		case EINVAL: st->einval++; break;
 		case EIO: st->eio++; break;
@@ -794,6 +795,7 @@ static int cmd_fuzz(const char *dev, u64 nreads, u64 seed, const char *outdir, d
 	P("bytes", st.bytes);
 	P("eof", st.eof);
 	P("zero_length", st.zero);
+	P("enxio", st.enxio);
 	P("efault", st.efault);
 	P("einval", st.einval);
 	P("eio", st.eio);
