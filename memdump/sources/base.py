@@ -161,6 +161,20 @@ class FileDevMemory(DevMemory):
             self.fd = -1
 
 
+class PhysicalRamDevice(FileDevMemory):
+    """A device whose offset is the physical address, read only inside /proc/iomem's System RAM
+    (``/dev/mem``, memdump's module): never MMIO, whatever the device would allow."""
+
+    def __init__(self, host: Host, kernel: bool = False):
+        if kernel:
+            raise SourceUnavailable(self.name, "serves physical memory only (-k needs kmem or kcore)")
+        self._ram = iomem_ram(host, self.name)
+        super().__init__(host, kernel)
+
+    def ranges(self) -> list[Range]:
+        return list(self._ram)
+
+
 def iomem_ram(host: Host, source: str) -> list[Range]:
     """System RAM ranges from the host's /proc/iomem, or SourceUnavailable saying why not."""
     text = host.read_text("/proc/iomem")

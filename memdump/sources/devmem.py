@@ -8,7 +8,7 @@ import os
 from memdump.errors import HoleError, SourceUnavailable
 from memdump.host import Host
 from memdump.iomem import Range
-from memdump.sources.base import LIMITED, UNUSABLE, USABLE, FileDevMemory, Probe, iomem_ram
+from memdump.sources.base import LIMITED, UNUSABLE, USABLE, FileDevMemory, PhysicalRamDevice, Probe, iomem_ram
 
 ONE_MIB = 1 << 20
 
@@ -40,16 +40,10 @@ def strict_devmem_reason(host: Host, fd: int, ram: list[Range]) -> str | None:
     return None
 
 
-class DevMem(FileDevMemory):
+class DevMem(PhysicalRamDevice):
     name = "devmem"
     path = "/dev/mem"
     description = "physical memory through /dev/mem"
-
-    def __init__(self, host: Host, kernel: bool = False):
-        if kernel:
-            raise SourceUnavailable(self.name, "serves physical memory only (-k needs kmem or kcore)")
-        self._ram = iomem_ram(host, self.name)
-        super().__init__(host, kernel)
 
     @classmethod
     def probe(cls, host: Host, kernel: bool = False) -> Probe:
@@ -79,9 +73,6 @@ class DevMem(FileDevMemory):
             return verdict(LIMITED, strict)
         total = sum(r.size for r in ram)
         return verdict(USABLE, f"{len(ram)} System RAM ranges, {total >> 20} MiB")
-
-    def ranges(self) -> list[Range]:
-        return list(self._ram)
 
     def scan_end(self) -> int:
         """The end of the highest published resource, else of RAM: a blind scan stops there."""

@@ -24,8 +24,7 @@ import subprocess
 
 from memdump.errors import SourceUnavailable
 from memdump.host import Host
-from memdump.iomem import Range
-from memdump.sources.base import UNUSABLE, USABLE, FileDevMemory, Probe, iomem_ram
+from memdump.sources.base import UNUSABLE, USABLE, PhysicalRamDevice, Probe, iomem_ram
 
 DEVICE = "/dev/memdump"
 MODULE = "memdump"
@@ -54,15 +53,12 @@ def open_failure(exc: OSError) -> str:
     return f"cannot open {DEVICE}: {exc.strerror}"
 
 
-class KmodMemory(FileDevMemory):
+class KmodMemory(PhysicalRamDevice):
     name = "kmod"
     path = DEVICE
     description = "physical System RAM through memdump's kernel module (/dev/memdump)"
 
     def __init__(self, host: Host, kernel: bool = False):
-        if kernel:
-            raise SourceUnavailable(self.name, "serves physical memory only (-k needs kmem or kcore)")
-        self._ram = iomem_ram(host, self.name)
         super().__init__(host, kernel)
         # the driver has no splice_read: sendfile/splice would fail, go straight to reads
         self._zero_copy = False
@@ -106,9 +102,6 @@ class KmodMemory(FileDevMemory):
         total = sum(r.size for r in ram)
         return verdict(USABLE, f"{MODULE}.ko{' ' + version if version else ''}: "
                                f"{len(ram)} System RAM ranges, {total >> 20} MiB")
-
-    def ranges(self) -> list[Range]:
-        return list(self._ram)
 
     def zero_copy(self, address: int) -> tuple[int, int] | None:
         return None
