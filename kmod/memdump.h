@@ -7,20 +7,39 @@
  * the kernel publishes as System RAM in iomem_resource can be read; every
  * other address is a hole.
  *
- * Error contract of read(2) (user space relies on it, keep it stable):
+ * Error contract (user space relies on it, keep it stable):
+ *
+ * open(2)
+ *   -EACCES     from the VFS before the module runs: the node is 0400 root
+ *   -EPERM      opened for writing (whoever asks), no CAP_SYS_RAWIO, or
+ *               kernel lockdown in confidentiality mode (as /proc/kcore)
+ *   -EOPNOTSUPP no machine-check-safe copy on this machine or kernel and
+ *               the module parameter allow_unsafe_copy is not set (a latent
+ *               uncorrectable memory error would panic the machine)
+ *
+ * read(2) / pread(2)
  *   0        offset at or beyond the end of the highest System RAM range (EOF),
  *            or a zero-length read
- *   -EFAULT  the read starts at an address that is not System RAM (a hole),
- *            or the user buffer is bad
+ *   -ENXIO   the read starts at an address that is not System RAM (a hole)
+ *   -EFAULT  the user buffer is bad (and nothing was copied)
  *   -EIO     the read starts in a System RAM page that must not be read
- *            (not valid, not online, hardware-poisoned, logically offline,
+ *            (not online, no memmap, hardware-poisoned, logically offline,
  *            unaccepted, not in the direct map) or the copy hit a machine
  *            check / fault
  *   -EINTR   a fatal signal arrived before the first byte was copied
- *   -EINVAL  negative offset
+ *   -EINVAL  negative offset, or offset + count overflows loff_t (both
+ *            refused by the VFS before the module runs)
  *   -ENOMEM  no bounce page
- *   short    a read that runs into a hole or an unreadable page returns the
- *            bytes copied up to it; at most MEMDUMP_MAX_READ per call
+ *   short    a read that runs into a hole, an unreadable page or a bad part
+ *            of the user buffer returns the bytes copied up to it; at most
+ *            MEMDUMP_MAX_READ per call
+ *
+ * lseek(2)
+ *   SEEK_SET/SEEK_CUR/SEEK_END (END = end of the highest System RAM range);
+ *   -EINVAL  negative or overflowing result, unknown whence
+ *   -ENXIO   SEEK_DATA or SEEK_HOLE at or beyond the end of RAM
+ *   SEEK_DATA and SEEK_HOLE answer from iomem alone: SEEK_DATA does not
+ *   skip pages that fail the per-page checks (they read as -EIO).
  */
 #ifndef MEMDUMP_H
 #define MEMDUMP_H
@@ -45,6 +64,8 @@ struct memdump_range {
 };
 
 /* memdump_ram.c */
+int memdump_ram_init(void);
+void memdump_ram_exit(void);
 int memdump_ram_find(u64 addr, struct memdump_range *range);
 int memdump_ram_run(u64 addr, struct memdump_range *run);
 u64 memdump_ram_end(void);

@@ -21,9 +21,12 @@
 /**
  * memdump_copy_from_page() - copy part of one page into a kernel buffer
  * @dst: kernel buffer of at least @len bytes
- * @page: page that passed memdump_page_get()
+ * @page: page that passed memdump_page_get(), under the same locks
  * @offset: byte offset inside the page
  * @len: bytes to copy; @offset + @len <= PAGE_SIZE
+ *
+ * Does not sleep.  Without a machine-check-safe copy this is only reached
+ * when the responder set allow_unsafe_copy (open() refuses otherwise).
  *
  * Return: bytes copied.  Fewer than @len means the copy stopped at a
  * machine check or fault; the bytes before it are good.

@@ -17,16 +17,37 @@
  * range out under the lock, so a read works on a snapshot and memory
  * hot(un)plug cannot change a range under it; the per-page "online" test
  * covers memory that went away after the snapshot.
+ *
+ * Memory hot-remove frees the memmap (struct pages) and the direct-map page
+ * tables of a range right after it has been offlined, without waiting for
+ * an RCU grace period (only the sub-section usage map is freed by RCU).  So
+ * a memory notifier makes offlining wait, in MEM_OFFLINE, for a grace
+ * period: every reader checks and copies a page inside rcu_read_lock(), and
+ * the sections are marked offline before MEM_OFFLINE is sent, so a reader
+ * either finished before removal starts or sees the page offline.
  */
+#define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
+
 #include <linux/ioport.h>
+#include <linux/memory.h>
 #include <linux/mm.h>
 #include <linux/memory_hotplug.h>
+#include <linux/notifier.h>
 #include <linux/page-flags.h>
+#include <linux/printk.h>
+#include <linux/rcupdate.h>
+#include <linux/sched.h>
 
 #include "memdump.h"
 #include "memdump_compat.h"
 
-/* Same flags walk_system_ram_res() uses (that helper is not exported). */
+/*
+ * Same flags walk_system_ram_res() uses (that helper is not exported).
+ * IORESOURCE_BUSY matters: virtio-mem requests its whole device region as
+ * a parent resource with IORESOURCE_SYSTEM_RAM set and BUSY cleared, and
+ * that parent covers unplugged memory with no backing; only its BUSY
+ * children ("System RAM (virtio_mem)") are memory that was added.
+ */
 #define MEMDUMP_RAM_FLAGS (IORESOURCE_SYSTEM_RAM | IORESOURCE_BUSY)
 
 struct memdump_find {
@@ -51,6 +72,8 @@ static int memdump_find_first(struct resource *res, void *arg)
  * @addr: physical address
  * @range: the range, clipped to start no lower than @addr
  *
+ * One walk of the resource tree, under its lock.
+ *
  * Return: 0 and @range filled in, or -ENOENT when no RAM lies at or above
  * @addr.  @addr is inside RAM exactly when @range->start == @addr.
  */
@@ -74,6 +97,8 @@ int memdump_ram_find(u64 addr, struct memdump_range *range)
  *
  * Adjacent ranges are merged: hot-added memory comes as one resource per
  * memory block, and a hole between them is what a reader cares about.
+ * Only SEEK_HOLE needs this; read() looks up one range at a time.  Each
+ * step is a walk of the whole tree, so the loop yields the CPU.
  *
  * Return: 0, -ENXIO if @addr is in a hole, -ENOENT if above all RAM.
  */
@@ -88,8 +113,10 @@ int memdump_ram_run(u64 addr, struct memdump_range *run)
 	if (run->start != addr)
 		return -ENXIO;
 	/* Bounded by the number of resources; each step moves forward. */
-	while (!memdump_ram_find(run->end, &next) && next.start == run->end)
+	while (!memdump_ram_find(run->end, &next) && next.start == run->end) {
 		run->end = next.end;
+		cond_resched();
+	}
 	return 0;
 }
 
@@ -124,8 +151,8 @@ u64 memdump_ram_end(void)
  *
  * iomem says what the firmware and drivers declared; the page says what
  * the memory manager is doing with it now.  A page is skipped when:
- *  - it has no memmap (pfn_valid) or its section is offline
- *    (pfn_to_online_page: hot-removed or not yet onlined memory);
+ *  - its section is not online or it has no memmap (hot-removed, not yet
+ *    onlined, ZONE_DEVICE; see memdump_pfn_to_online_page());
  *  - it is hardware-poisoned (reading it again would raise another machine
  *    check; for a huge page the flag may sit on the head page only);
  *  - it is logically offline (PageOffline: balloon-inflated or virtio-mem
@@ -133,6 +160,8 @@ u64 memdump_ram_end(void)
  *  - it is unaccepted memory of a confidential guest (see compat header);
  *  - it is not present in the direct map (see compat header).
  *
+ * The caller holds memdump_offline_begin() and then rcu_read_lock(), and
+ * keeps both until it has copied the page: the checks hold only that long.
  * No reference is taken: the page may be freed or reused while we copy,
  * which only changes the bytes we get, the same as for any live dump.
  *
@@ -143,19 +172,62 @@ int memdump_page_get(u64 phys, struct page **pagep)
 	unsigned long pfn = PHYS_PFN(phys);
 	struct page *page;
 
-	if (!pfn_valid(pfn))
-		return -EIO;
-	page = pfn_to_online_page(pfn);
+	page = memdump_pfn_to_online_page(pfn);
 	if (!page)
 		return -EIO;
 	if (PageHWPoison(page) || PageHWPoison(compound_head(page)))
 		return -EIO;
 	if (PageOffline(page))
 		return -EIO;
-	if (memdump_pfn_unaccepted(pfn))
+	if (memdump_phys_unaccepted(PFN_PHYS(pfn)))
 		return -EIO;
 	if (!memdump_direct_map_present(page))
 		return -EIO;
 	*pagep = page;
 	return 0;
+}
+
+/*
+ * Offlining (the step before hot-remove) waits here for every reader that
+ * may have seen the memory online: they check and copy under
+ * rcu_read_lock().  MEM_GOING_OFFLINE needs nothing: until MEM_OFFLINE the
+ * memmap, the direct map and the memory itself are all still there.
+ */
+static int memdump_memory_callback(struct notifier_block *nb,
+				   unsigned long action, void *arg)
+{
+	if (action == MEM_OFFLINE)
+		synchronize_rcu();
+	return NOTIFY_OK;
+}
+
+static struct notifier_block memdump_memory_nb = {
+	.notifier_call = memdump_memory_callback,
+};
+
+/**
+ * memdump_ram_init() - load-time checks and the memory notifier
+ *
+ * Return: 0, or a negative errno: the module must not load.
+ */
+int memdump_ram_init(void)
+{
+	const char *why = NULL;
+	int ret;
+
+	ret = memdump_unaccepted_init(&why);
+	if (ret) {
+		pr_err("refusing to load: %s\n", why);
+		return ret;
+	}
+	/* A no-op returning 0 on kernels without memory hotplug. */
+	ret = register_memory_notifier(&memdump_memory_nb);
+	if (ret)
+		pr_err("cannot register a memory notifier: %d\n", ret);
+	return ret;
+}
+
+void memdump_ram_exit(void)
+{
+	unregister_memory_notifier(&memdump_memory_nb);
 }
