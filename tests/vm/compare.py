@@ -289,6 +289,22 @@ READERS: dict[str, Callable[..., Iterator[Region]]] = {
     "raw": read_raw, "padded": read_padded, "lime": read_lime, "elf": read_elf}
 
 
+def subtract(left: list[tuple[int, int]], right: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The parts of sorted ``left`` outside sorted ``right`` (half-open ranges)."""
+    result = []
+    for start, end in left:
+        cursor = start
+        for lo, hi in right:
+            if hi <= cursor or lo >= end:
+                continue
+            if lo > cursor:
+                result.append((cursor, lo))
+            cursor = max(cursor, hi)
+        if cursor < end:
+            result.append((cursor, end))
+    return result
+
+
 def manifest_facts(path: Path) -> dict:
     """What the structured jobs' checks need from a memdump manifest (JSON)."""
     data = json.loads(path.read_text())
@@ -298,7 +314,8 @@ def manifest_facts(path: Path) -> dict:
     return {"complete": data.get("complete"), "source": data.get("source"),
             "format": data.get("format"), "zero_filled": pages,
             "regions": [(r["start"], r["end"]) for r in data.get("regions") or []],
-            "skipped": data.get("skipped") or [], "error": data.get("error")}
+            "skipped": data.get("skipped") or [], "error": data.get("error"),
+            "unserved": [(u["start"], u["end"]) for u in data.get("unserved") or []]}
 
 
 # ---------------------------------------------------------------------------------------------

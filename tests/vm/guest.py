@@ -16,7 +16,6 @@ import gzip
 import io
 import json
 import lzma
-import os
 import socket
 import stat
 import subprocess

@@ -291,7 +291,6 @@ class Context:
     notes: list[str] = field(default_factory=list)
     lime: Path | str | None = None   # lime.ko once built, or why it is not
     cli_reason: str | None = None    # why the CLI cannot run ("" when it can), once asked
-    kcore_partial_noted: set = field(default_factory=set)
     started: float = field(default_factory=time.monotonic)
 
     def log(self, text: str) -> None:
@@ -608,17 +607,13 @@ def check_job(ctx: Context, boot: Boot, job: Job, ram: compare.GuestRam) -> None
         expected["pattern page"] = (int(pattern["phys"], 16), compare.pattern_page())
     else:
         fail("no pattern page address from the guest")
+    unserved_expected: list = []
     if job.source == "kcore":
         # /proc/kcore publishes whole pages only: a partial page at a range's end (the first
-        # range's 0x9f000-0x9fc00) is out of its reach -- and, so far, out of the manifest too
+        # range's 0x9f000-0x9fc00) is out of its reach; the manifest must list exactly those bytes
         whole = compare.whole_pages(ram_ranges)
-        lost = sum(e - s for s, e in ram_ranges) - sum(e - s for s, e in whole)
-        if lost and not job.partial:
-            if not ctx.kcore_partial_noted:
-                ctx.notes.append(f"kcore: {lost} bytes of System RAM in partial pages cannot be "
-                                 "read through /proc/kcore; images and manifests of jobs "
-                                 "{jobs} leave them out without a record")
-            ctx.kcore_partial_noted.add(job.name)
+        unserved_expected = [(s, e) for s, e in
+                             compare.subtract(ram_ranges, whole)] if not job.partial else []
         ram_ranges = whole
     structured = job.fmt != "raw"
     policy: dict = {"unreadable": unreadable, "full_coverage": not (job.partial or job.peer),
@@ -642,7 +637,8 @@ def check_job(ctx: Context, boot: Boot, job: Job, ram: compare.GuestRam) -> None
         fail(f"job {job.name}: {exc!r}" if isinstance(exc, KeyError) else f"job {job.name}: {exc}")
         return
     if manifest is not None:
-        verdict.checks["manifest"] = check_manifest(job, manifest, verdict, ram_ranges)
+        verdict.checks["manifest"] = check_manifest(job, manifest, verdict, ram_ranges,
+                                                    unserved_expected)
     if job.fmt == "elf":
         verdict.checks["ELF notes and p_vaddr"] = check_elf_facts(ctx, files.path("out"))
     if job.peer:
@@ -659,9 +655,9 @@ def check_job(ctx: Context, boot: Boot, job: Job, ram: compare.GuestRam) -> None
 
 
 def check_manifest(job: Job, manifest: dict, verdict: compare.Comparison,
-                   ram_ranges: list[tuple[int, int]]) -> str:
+                   ram_ranges: list[tuple[int, int]], unserved_expected: list) -> str:
     """The manifest agrees with the file: complete, this source and format, the same regions
-    (every System RAM range of the guest)."""
+    (every System RAM range of the guest), and RAM the source cannot serve listed as such."""
     problems = []
     if manifest["complete"] is not True:
         problems.append(f"not complete ({manifest['error']})")
@@ -674,6 +670,8 @@ def check_manifest(job: Job, manifest: dict, verdict: compare.Comparison,
         problems.append("its regions are not the file's")
     if manifest["skipped"]:
         problems.append(f"{len(manifest['skipped'])} skipped spans in a structured image")
+    if job.source == "kcore" and not job.partial and manifest["unserved"] != unserved_expected:
+        problems.append(f"unserved {manifest['unserved']} != partial pages {unserved_expected}")
     return ("FAIL " + "; ".join(problems)) if problems else (
         f"ok complete, {len(manifest['regions'])} regions = System RAM")
 
@@ -909,7 +907,7 @@ def report(ctx: Context, boots: list[Boot]) -> int:
     for failure in ctx.failures:
         print(f"FAIL: {failure}")
     for note in ctx.notes:
-        print(f"note: {note}".replace("{jobs}", ", ".join(sorted(ctx.kcore_partial_noted))))
+        print(f"note: {note}")
     pages = identical = reads = 0
     fuzz_seconds = 0.0
     dmesg = []
