@@ -44,8 +44,6 @@ class Faults:
 
 class EmulatedMemory(DevMemory):
     name = "emulator"
-    description = "the built-in emulated machine (tests and demos; never chosen by auto)"
-    serves_kernel = True
 
     def __init__(self, host: Host | None = None, kernel: bool = False, *, machine: Machine | None = None,
                  behaviour: str = "module", faults: Faults | None = None, granularity: int = 1):

@@ -78,14 +78,6 @@ class Machine:
         offset = (check >> 7) % POOL_SIZE
         return header + self._pool[offset:offset + self.page_size - HEADER.size]
 
-    def ram_bytes_at(self, address: int, size: int) -> bytes:
-        """Truth for ``[address, address + size)``, which must lie inside RAM."""
-        end = address + size
-        r = self.ram_range_at(address)
-        if r is None or end > r.end:
-            raise ValueError(f"[{address:#x}, {end:#x}) is not inside one RAM range")
-        return self.contents(address, end)
-
     def contents(self, start: int, end: int, tag: bytes = RAM_TAG) -> bytes:
         """Page contents for any span, RAM or not (callers decide what is readable)."""
         if start >= end:

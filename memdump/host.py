@@ -96,11 +96,3 @@ class Host:
         if re.search(rf"^# CONFIG_{option} is not set$", text, re.MULTILINE):
             return "n"
         return None
-
-    def physical_address_bits(self) -> int | None:
-        text = self.read_text("/proc/cpuinfo")
-        if text:
-            match = re.search(r"address sizes\s*:\s*(\d+) bits physical", text)
-            if match:
-                return int(match.group(1))
-        return None

@@ -52,11 +52,6 @@ class DevMemory(abc.ABC):
     """A readable memory: physical addresses, or kernel virtual ones when ``kernel`` is true."""
 
     name: ClassVar[str]
-    #: what the user reads in ``memdump sources``
-    description: ClassVar[str] = ""
-    #: whether this source can serve kernel virtual memory (-k) and physical memory
-    serves_kernel: ClassVar[bool] = False
-    serves_physical: ClassVar[bool] = True
     #: reads must start and be sized in multiples of this (1: any byte)
     granularity: int = 1
 
@@ -65,6 +60,10 @@ class DevMemory(abc.ABC):
         self.kernel = kernel
 
     # -- probing (no side effects) --------------------------------------------------------------
+
+    @classmethod
+    def verdict(cls, status: str, reason: str) -> Probe:
+        return Probe(cls.name, status, reason)
 
     @classmethod
     @abc.abstractmethod

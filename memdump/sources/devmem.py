@@ -43,13 +43,10 @@ def strict_devmem_reason(host: Host, fd: int, ram: list[Range]) -> str | None:
 class DevMem(PhysicalRamDevice):
     name = "devmem"
     path = "/dev/mem"
-    description = "physical memory through /dev/mem"
 
     @classmethod
     def probe(cls, host: Host, kernel: bool = False) -> Probe:
-        def verdict(status: str, reason: str) -> Probe:
-            return Probe(cls.name, status, reason)
-
+        verdict = cls.verdict
         if kernel:
             return verdict(UNUSABLE, "serves physical memory only; -k uses kmem or kcore")
         if not host.exists(cls.path):
@@ -88,9 +85,6 @@ class KMem(FileDevMemory):
 
     name = "kmem"
     path = "/dev/kmem"
-    description = "kernel virtual memory through /dev/kmem (removed in Linux 5.13)"
-    serves_kernel = True
-    serves_physical = False
 
     def __init__(self, host: Host, kernel: bool = False):
         if not kernel:

@@ -138,8 +138,6 @@ class KcoreLayout:
 
 class Kcore(DevMemory):
     name = "kcore"
-    description = "physical RAM and kernel virtual memory through /proc/kcore"
-    serves_kernel = True
 
     def __init__(self, host: Host, kernel: bool = False):
         super().__init__(host, kernel)

@@ -56,7 +56,6 @@ def open_failure(exc: OSError) -> str:
 class KmodMemory(PhysicalRamDevice):
     name = "kmod"
     path = DEVICE
-    description = "physical System RAM through memdump's kernel module (/dev/memdump)"
 
     def __init__(self, host: Host, kernel: bool = False):
         super().__init__(host, kernel)
@@ -65,9 +64,7 @@ class KmodMemory(PhysicalRamDevice):
 
     @classmethod
     def probe(cls, host: Host, kernel: bool = False) -> Probe:
-        def verdict(status: str, reason: str) -> Probe:
-            return Probe(cls.name, status, reason)
-
+        verdict = cls.verdict
         if kernel:
             return verdict(UNUSABLE, "serves physical memory only; -k uses kmem or kcore")
         loaded = host.exists(SYSFS)

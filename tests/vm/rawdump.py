@@ -15,27 +15,12 @@ import argparse
 import errno
 import mmap
 import os
-import re
 import sys
+
+from compare import iomem_ranges  # the tier's own parser: this file runs from tests/vm
 
 PAGE = 4096
 CHUNK = 1 << 20  # one read per MiB; the module caps a call at 2 MiB
-
-
-def ram_ranges(iomem: str) -> list[tuple[int, int]]:
-    """Half-open System RAM ranges of /proc/iomem, nested ones included, merged and sorted."""
-    found = []
-    for line in iomem.splitlines():
-        m = re.match(r"\s*([0-9a-f]+)-([0-9a-f]+) : (.*)$", line)
-        if m and m.group(3).startswith("System RAM"):
-            found.append((int(m.group(1), 16), int(m.group(2), 16) + 1))
-    merged: list[tuple[int, int]] = []
-    for start, end in sorted(found):
-        if merged and start <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
-        else:
-            merged.append((start, end))
-    return merged
 
 
 def main() -> int:
@@ -46,7 +31,7 @@ def main() -> int:
     args = ap.parse_args()
 
     with open("/proc/iomem") as f:
-        ranges = ram_ranges(f.read())
+        ranges = iomem_ranges(f.read())
     if not ranges or ranges[-1][1] <= 1:
         print("rawdump: no System RAM in /proc/iomem (not root?)", file=sys.stderr)
         return 1
