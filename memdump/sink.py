@@ -26,6 +26,29 @@ NO_ZERO_COPY = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, err
 
 HASH_SLOT = 1 << 20  # bytes handed to the hashing thread at a time (well above hashlib's GIL cut-off)
 HASH_SLOTS = 4  # slots in flight: the writer runs up to three slots ahead of the hasher
+# Zero runs (a padded image's holes, zero-filled pages) are hashed from one anonymous mapping:
+# it is backed by the kernel's single zero page, so it costs no memory however large, and a
+# run of gigabytes becomes a few large updates with no copy and no hand-off per megabyte.
+ZERO_STEP = 16 << 20
+_zero_view: memoryview | None = None
+
+
+def zero_view() -> memoryview:
+    """A read-only view of ``ZERO_STEP`` zero bytes, made once per process."""
+    global _zero_view
+    if _zero_view is None:
+        _zero_view = memoryview(mmap.mmap(-1, ZERO_STEP, prot=mmap.PROT_READ))
+    return _zero_view
+
+
+def hash_zeros(hashers, count: int) -> None:
+    """Feed ``count`` zero bytes to every hasher in ``ZERO_STEP`` pieces."""
+    zeros = zero_view()
+    while count > 0:
+        piece = zeros[:min(count, ZERO_STEP)]
+        for hasher in hashers:
+            hasher.update(piece)
+        count -= len(piece)
 
 
 def open_output(path: str, what: str = "-o") -> int:
@@ -82,12 +105,16 @@ class HashThread:
                 continue
             try:
                 if self.error is None:
-                    piece = slot[:count]
-                    for hasher in hashers:
-                        hasher.update(piece)
+                    if slot is None:  # a run of ``count`` zeros
+                        hash_zeros(hashers, count)
+                    else:
+                        piece = slot[:count]
+                        for hasher in hashers:
+                            hasher.update(piece)
             except BaseException as exc:  # surfaced by sync(); the stream goes on unhashed
                 self.error = exc
-            free.put(slot)
+            if slot is not None:
+                free.put(slot)
 
     def feed(self, view: memoryview) -> None:
         total = len(view)
@@ -101,6 +128,14 @@ class HashThread:
             done += piece
             if self.fill == size:
                 self._dispatch()
+
+    def feed_zeros(self, count: int) -> None:
+        """``count`` zero bytes, in order after everything fed so far: one queue item."""
+        if count <= 0:
+            return
+        if self.fill:
+            self._dispatch()
+        self.todo.put((None, count))
 
     def _dispatch(self) -> None:
         self.todo.put((self.slot, self.fill))
@@ -186,32 +221,43 @@ class Sink:
                 raise self._fail(exc) from None
         self.written += total
 
-    def write_zeros(self, count: int, zeros: memoryview) -> None:
-        """``count`` zero bytes; ``zeros`` is a reusable zero-filled buffer."""
-        while count:
-            piece = min(count, len(zeros))
-            self.write(zeros[:piece])
-            count -= piece
+    def _hash_zeros(self, count: int) -> None:
+        if self._hash_thread is not None:
+            self._hash_thread.feed_zeros(count)
+        elif self.hashers:
+            hash_zeros(self.hashers.values(), count)
 
-    def skip(self, count: int, zeros: memoryview) -> None:
+    def write_zeros(self, count: int) -> None:
+        """``count`` zero bytes, written from the shared zero mapping and hashed as one run."""
+        if count <= 0:
+            return
+        self._hash_zeros(count)
+        zeros = zero_view()
+        left = count
+        while left:
+            view = zeros[:min(left, ZERO_STEP)]
+            done = 0
+            while done < len(view):
+                try:
+                    done += os.write(self.fd, view[done:])
+                except InterruptedError:
+                    continue
+                except OSError as exc:
+                    self.written += count - left + done
+                    raise self._fail(exc) from None
+            left -= len(view)
+        self.written += count
+
+    def skip(self, count: int) -> None:
         """``count`` zero bytes of output (padded images' holes): a seek on a regular file, which
         stays sparse, written zeros anywhere else. Hashed and counted as zeros either way; a
         caller that skips calls ``end_sparse`` last."""
         if count <= 0:
             return
         if not self.sparse:
-            self.write_zeros(count, zeros)
+            self.write_zeros(count)
             return
-        if self.hashers:
-            left = count
-            while left:
-                piece = zeros[:min(left, len(zeros))]
-                if self._hash_thread is not None:
-                    self._hash_thread.feed(piece)
-                else:
-                    for hasher in self.hashers.values():
-                        hasher.update(piece)
-                left -= len(piece)
+        self._hash_zeros(count)
         try:
             os.lseek(self.fd, count, os.SEEK_CUR)
         except OSError as exc:

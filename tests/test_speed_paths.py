@@ -199,11 +199,10 @@ def test_hashing_paths_agree_with_hashlib(threaded, seed):
     pipe = PipeReader()
     sink = Sink(pipe.write_fd, hashes=("sha256", "md5"), hash_thread=threaded)
     assert sink.threaded_hashing is threaded
-    zeros = memoryview(bytes(1 << 16))
     for index, piece in enumerate(pieces):
         sink.write(piece)
         if index % 4 == 0:
-            sink.write_zeros(70001, zeros)
+            sink.write_zeros(70001)
     digests = sink.digests()
     sink.close()
     data = pipe.finish()
@@ -211,6 +210,38 @@ def test_hashing_paths_agree_with_hashlib(threaded, seed):
     assert data == expected
     assert digests == {"sha256": hashlib.sha256(expected).hexdigest(), "md5": hashlib.md5(expected).hexdigest()}
     assert sink.written == len(expected)
+
+
+@pytest.mark.parametrize("threaded", [True, False])
+def test_skipped_zeros_are_hashed_in_order_and_the_file_stays_sparse(tmp_path, threaded):
+    """A padded image's holes: seeks in the file, zeros in the digest, in stream order, also
+    for runs longer than one step of the shared zero mapping."""
+    import memdump.sink as sink_module
+
+    path = tmp_path / "padded.img"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    sink = Sink(fd, hashes=("sha256",), hash_thread=threaded)
+    rng = random.Random(5)
+    plan = [("data", 5000), ("skip", sink_module.ZERO_STEP * 2 + 12345), ("data", 1 << 20),
+            ("zeros", 3 * sink_module.ZERO_STEP + 1), ("data", 17), ("skip", 4096)]
+    expected = hashlib.sha256()
+    for kind, size in plan:
+        if kind == "data":
+            piece = rng.randbytes(size)
+            sink.write(piece)
+            expected.update(piece)
+        else:
+            (sink.skip if kind == "skip" else sink.write_zeros)(size)
+            expected.update(bytes(size))
+    sink.end_sparse()
+    digests = sink.digests()
+    sink.close()
+    os.close(fd)
+    total = sum(size for _, size in plan)
+    assert os.path.getsize(path) == sink.written == total
+    assert digests["sha256"] == expected.hexdigest() == hashlib.sha256(path.read_bytes()).hexdigest()
+    # the skipped runs hold no blocks (the written zeros do)
+    assert os.stat(path).st_blocks * 512 < total - 2 * sink_module.ZERO_STEP
 
 
 def test_hash_thread_copies_so_the_caller_may_reuse_its_buffer():

@@ -15,8 +15,6 @@ from memdump.errors import UsageError
 from memdump.iomem import Range
 from memdump.sink import Sink
 
-ZERO_CHUNK = 1 << 20
-ZEROS = memoryview(bytes(ZERO_CHUNK))
 
 
 @dataclass(frozen=True)
@@ -117,7 +115,7 @@ class FormatWriter:
 
     def zeros(self, count: int) -> None:
         """``count`` zero bytes standing for memory that could not be read."""
-        self.sink.write_zeros(count, ZEROS)
+        self.sink.write_zeros(count)
         self.filled += count
 
     def end_region(self, index: int) -> None:

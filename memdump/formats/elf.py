@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from memdump import elf64
 from memdump.errors import UsageError
-from memdump.formats.base import ZEROS, FormatWriter, Placed
+from memdump.formats.base import FormatWriter, Placed
 
 DATA_ALIGN = 4096
 PF_RWX = 7
@@ -58,4 +58,4 @@ class ElfWriter(FormatWriter):
         self.sink.write(self.headers())
 
 
-__all__ = ["ElfWriter", "ZEROS"]
+__all__ = ["ElfWriter"]

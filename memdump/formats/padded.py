@@ -6,7 +6,7 @@ to a pipe they are written. The digest covers the zeros either way: it is the st
 
 from __future__ import annotations
 
-from memdump.formats.base import ZEROS, FormatWriter, Placed
+from memdump.formats.base import FormatWriter, Placed
 
 
 class PaddedWriter(FormatWriter):
@@ -17,10 +17,10 @@ class PaddedWriter(FormatWriter):
 
     def begin_region(self, index: int) -> None:
         super().begin_region(index)
-        self.sink.skip(self.regions[index].start - self.sink.written, ZEROS)
+        self.sink.skip(self.regions[index].start - self.sink.written)
 
     def zeros(self, count: int) -> None:
-        self.sink.skip(count, ZEROS)
+        self.sink.skip(count)
         self.filled += count
 
     def finish(self) -> None:
