@@ -233,6 +233,10 @@ class GuestConfig:
     virtio_mem: tuple[Path, int, int] | None = None
 
 
+class GuestStalled(Exception):
+    """The guest sent no sentinel before the step's deadline."""
+
+
 class Guest:
     """One QEMU run: start it, follow its console, pause/resume it, make sure it ends."""
 
@@ -247,6 +251,17 @@ class Guest:
         self._partial = ""
         self.lines: list[str] = []
         self.started = 0.0
+        self._deadline: float | None = None
+        self.step_started = 0.0
+
+    @property
+    def deadline(self) -> float | None:
+        return self._deadline
+
+    @deadline.setter
+    def deadline(self, value: float | None) -> None:
+        self._deadline = value
+        self.step_started = time.monotonic()
 
     def command(self) -> list[str]:
         cfg = self.cfg
@@ -314,9 +329,15 @@ class Guest:
         return self.proc is not None and self.proc.poll() is None
 
     def events(self, poll: float = 0.05):
-        """Yield ``(name, argument)`` for each ``@@MD:name[:argument]@@`` sentinel, until QEMU ends."""
+        """Yield ``(name, argument)`` for each ``@@MD:name[:argument]@@`` sentinel, until QEMU ends.
+
+        Raises GuestStalled when ``deadline`` (a time.monotonic() value the caller moves on at
+        each step) passes before the next sentinel."""
         while True:
             alive = self.running()
+            if alive and self.deadline is not None and time.monotonic() > self.deadline:
+                raise GuestStalled(f"no word from the guest for "
+                                   f"{time.monotonic() - self.step_started:.0f}s")
             for line in self.new_lines():
                 start = line.find("@@MD:")
                 end = line.find("@@", start + 5)

@@ -63,7 +63,7 @@ REPO = HERE.parent.parent
 sys.path.insert(0, str(HERE))
 
 import compare  # noqa: E402
-from guest import Guest, GuestConfig, build_initramfs  # noqa: E402
+from guest import Guest, GuestConfig, GuestStalled, build_initramfs  # noqa: E402
 
 def installed_kver() -> str:
     """The newest Debian kernel installed with its headers (what linux-image-amd64 and
@@ -225,6 +225,21 @@ class Job:
     post: str = ""              # guest shell after it
     peer: bool = False          # another tool (LiME): reported, not judged, not in the totals
 
+    @property
+    def limit_name(self) -> str:
+        """The guest shell variable holding this job's time limit."""
+        return "LIMIT_" + re.sub(r"\W", "_", self.name)
+
+    def work_bytes(self, ram_bytes: int, span_bytes: int) -> int:
+        """Bytes this job moves through the dump path (read, written or hashed), the measure its
+        time limit scales with: a padded image with a manifest hashes every address up to the
+        end of RAM, holes included."""
+        if self.fmt == "text":
+            return 1 << 20
+        if self.partial:
+            return 64 << 20
+        return span_bytes if self.fmt == "padded" else ram_bytes
+
 
 CLI = "{python} -m memdump"
 
@@ -278,6 +293,66 @@ JOBS: list[Job] = [
 
 
 # ---------------------------------------------------------------------------------------------
+# Time limits.  Nothing here may fail because the machine is slow: each boot first times two
+# small dumps through the very path the jobs take (--source kmod --format lime with a manifest,
+# so reading, writing to the share and sha256), and every job's limit is derived from that: the
+# start-up cost plus the per-byte cost times the job's bytes, times a margin.  Steps that do not
+# scale with RAM (the boot, the fuzz, which stops itself) get limits generous enough for a
+# machine at a quarter of this one's speed.  A job that still runs out is reported with how long
+# it ran, its limit and the last thing it said.
+
+CALIBRATION_SIZES = (16, 144)  # MiB: two points give the start-up cost and the per-byte cost
+LIMIT_MARGIN = 4.0             # a job may take this many times its predicted time
+LIMIT_FLOOR = 120.0            # seconds, whatever the prediction
+UNCALIBRATED_LIMIT = 1800.0    # per job when the calibration itself failed
+BOOT_LIMIT = 900.0             # boot to the first sentinel after it (calibration included)
+STEP_SLACK = 300.0             # host-side allowance beyond a guest-side limit (pre/post steps)
+BACKSTOP = 5400.0              # QEMU's own timeout(1): only for a harness that died
+
+
+@dataclass(frozen=True)
+class Calibration:
+    startup: float      # seconds a dump costs before its first byte
+    per_mib: float      # seconds per MiB through the dump path
+
+    @classmethod
+    def from_times(cls, small: float, large: float) -> "Calibration":
+        lo, hi = CALIBRATION_SIZES
+        per_mib = max((large - small) / (hi - lo), 1e-4)
+        return cls(startup=max(small - per_mib * lo, 0.0), per_mib=per_mib)
+
+    def limit(self, work_bytes: int) -> float:
+        predicted = self.startup + self.per_mib * work_bytes / (1 << 20)
+        return max(LIMIT_FLOOR, LIMIT_MARGIN * predicted)
+
+    def describe(self) -> str:
+        return f"start-up {self.startup:.1f}s, {1 / self.per_mib:.1f} MiB/s"
+
+
+def limits_script(jobs: list["Job"], calibration: "Calibration | None", iomem: str) -> str:
+    """The shell the guest sources after its calibration: one LIMIT_<job>=<seconds> per job."""
+    ram = compare.iomem_ranges(iomem)
+    ram_bytes = sum(e - s for s, e in ram)
+    span_bytes = max((e for _, e in ram), default=0)
+    lines = []
+    for job in jobs:
+        seconds = (calibration.limit(job.work_bytes(ram_bytes, span_bytes))
+                   if calibration else UNCALIBRATED_LIMIT)
+        lines.append(f"{job.limit_name}={int(seconds + 0.999)}")
+    return "\n".join(lines) + "\n"
+
+
+def job_limits(text: str) -> dict[str, float]:
+    """LIMIT_<job> -> seconds, as limits_script wrote them."""
+    found = {}
+    for line in text.splitlines():
+        name, sep, value = line.partition("=")
+        if sep:
+            found[name] = float(value)
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -318,6 +393,8 @@ class Boot:
     insmod_args: str = ""                              # module parameters for every insmod
     peers: dict = field(default_factory=dict)          # job -> Comparison of another tool's dump
     guest_times: dict = field(default_factory=dict)    # job -> seconds, measured in the guest
+    calibration: Calibration | None = None
+    limits: dict = field(default_factory=dict)         # LIMIT_<job> -> seconds
 
 
 # Python packages the memdump CLI needs beyond the standard library.
@@ -483,7 +560,22 @@ def guest_script(ctx: Context, boot: Boot, seed: int, fuzz_seconds: int) -> str:
             "# c. dump jobs, while a live process holds an mlock'ed pattern page",
             "$R/mdtool pattern $R/pattern.txt $R/pattern.stop &",
             "while [ ! -s $R/pattern.txt ]; do usleep 20000; done",
+            "",
+            "# the calibration: two small dumps through the jobs' path time this machine; the",
+            "# host turns them into each job's limit (limits.sh)",
         ]
+        if any(job.chroot for job in boot.jobs):
+            for size in CALIBRATION_SIZES:
+                name = f"calibrate-{size}"
+                lines += [
+                    "read t0 rest < /proc/uptime",
+                    f"timeout {int(BOOT_LIMIT)} chroot /host {env} {ctx.python} -m memdump --source kmod "
+                    f"--format lime -s {size}m -o {hw}/{name}.out --manifest {hw}/{name}.json "
+                    f"2> $R/{name}.err; echo $? > $R/{name}.rc",
+                    "read t1 rest < /proc/uptime",
+                    f"echo \"$t0 $t1\" > $R/{name}.time; rm -f $R/{name}.out",
+                ]
+        lines += ["say CALIBRATED", "wait_ack calibrate", ". $R/limits.sh"]
         for job in boot.jobs:
             where = hw if job.chroot else "/results"
             fields = dict(python=ctx.python, repo=REPO, dir=where, name=job.name,
@@ -497,7 +589,7 @@ def guest_script(ctx: Context, boot: Boot, seed: int, fuzz_seconds: int) -> str:
                 f"say JOB:{job.name}",
                 *([job.pre.format(**fields)] if job.pre else []),
                 "read t0 rest < /proc/uptime",
-                f"timeout 180 {cmd} {redirect}2> $R/{job.name}.err",
+                f"timeout ${job.limit_name} {cmd} {redirect}2> $R/{job.name}.err",
                 f"echo $? > $R/{job.name}.rc",
                 "read t1 rest < /proc/uptime",
                 f"echo \"$t0 $t1\" > $R/{job.name}.time",
@@ -583,8 +675,16 @@ def check_job(ctx: Context, boot: Boot, job: Job, ram: compare.GuestRam) -> None
         boot.guest_times[job.name] = seconds
     rc = files.text("rc").strip() or "?"
     if rc != "0":
-        tail = files.text("err").strip().splitlines()[-3:]
-        fail(f"job {job.name}: exit {rc}: {' | '.join(tail)}")
+        tail = " | ".join(files.text("err").strip().splitlines()[-3:])
+        limit = boot.limits.get(job.limit_name)
+        if rc in ("124", "143") and limit is not None:  # timeout(1): its own code, or SIGTERM's
+            out = files.path("out")
+            size = out.stat().st_size if out.exists() else 0
+            fail(f"job {job.name}: timed out after {seconds or 0:.1f}s (limit {limit:.0f}s from "
+                 f"the calibration, {boot.calibration.describe() if boot.calibration else 'none'}"
+                 f"); it had written {size} bytes; last said: {tail or 'nothing'}")
+        else:
+            fail(f"job {job.name}: exit {rc}: {tail}")
         return
     failures = []
     if job.check:
@@ -723,6 +823,31 @@ def check_fuzz_reference(ctx: Context, boot: Boot, ram: compare.GuestRam) -> Non
         ctx.fail(f"{boot.name}: kernel text read through the device differs from guest RAM")
 
 
+def calibrate(ctx: Context, boot: Boot) -> None:
+    """Turn the guest's two calibration dumps into limits.sh (the guest waits for it)."""
+    times = []
+    if not any(job.chroot for job in boot.jobs):
+        ctx.notes.append(f"{boot.name}: no memdump job, no calibration: every job may take "
+                         f"{UNCALIBRATED_LIMIT:.0f}s")
+    for size in CALIBRATION_SIZES if any(job.chroot for job in boot.jobs) else ():
+        files = Files(boot.dir, f"calibrate-{size}")
+        rc = files.text("rc").strip() or "?"
+        seconds = guest_seconds(files)
+        if rc != "0" or seconds is None:
+            tail = " | ".join(files.text("err").strip().splitlines()[-2:])
+            ctx.fail(f"{boot.name}: calibration dump of {size} MiB: exit {rc}: {tail}")
+            break
+        times.append(seconds)
+    if len(times) == len(CALIBRATION_SIZES):
+        boot.calibration = Calibration.from_times(*times)
+        ctx.notes.append(f"{boot.name}: calibration {boot.calibration.describe()} "
+                         f"({', '.join(f'{s} MiB {t:.1f}s' for s, t in zip(CALIBRATION_SIZES, times))})")
+    text = limits_script(boot.jobs, boot.calibration, read(boot.dir / "iomem.txt"))
+    boot.limits = job_limits(text)
+    (boot.dir / "limits.sh").write_text(text)
+    ctx.log(f"{boot.name}: limits " + ", ".join(f"{k[6:]} {v:.0f}s" for k, v in boot.limits.items()))
+
+
 def check_virtio_mem(ctx: Context, boot: Boot, guest: Guest, requested: int) -> None:
     """QEMU's view of the virtio-mem device: where it is and how much the guest plugged."""
     base, plugged = guest.virtio_mem_state()
@@ -740,9 +865,8 @@ def run_guest(ctx: Context, args, boot: Boot) -> None:
     results = boot.results
     virtio_mem = (vmem_file, args.virtio_mem, args.virtio_mem_plug) if args.virtio_mem else None
     # the short boot gets a shorter leash: a hung guest must not eat the tier's budget twice
-    timeout = args.timeout if boot.full else min(args.timeout, 240)
     cfg = GuestConfig(kver=ctx.kver, workdir=boot.dir, ram_file=ram_file,
-                      memory_mib=args.memory, cpu_model=boot.cpu, timeout=timeout,
+                      memory_mib=args.memory, cpu_model=boot.cpu, timeout=args.timeout,
                       virtio_mem=virtio_mem)
     guest = Guest(cfg, ctx.work / "initramfs.cpio.gz")
     by_name = {j.name: j for j in boot.jobs}
@@ -768,29 +892,53 @@ def run_guest(ctx: Context, args, boot: Boot) -> None:
             (boot.dir / f"ack.{ack}").touch()
 
     t0 = time.monotonic()
+    fuzz_limit = args.fuzz_seconds + 120 + STEP_SLACK  # the fuzz stops itself after fuzz_seconds
+    step = "boot"
+
+    def next_step(what: str, seconds: float) -> None:
+        nonlocal step
+        step = what
+        guest.deadline = time.monotonic() + seconds
+
     try:
         guest.start()
+        next_step("boot", BOOT_LIMIT)
         for name, arg in guest.events():
             now = time.monotonic() - t0
             ctx.log(f"{boot.name}: {name} {arg}".strip())
             if name == "BOOTED":
                 results["timings"]["boot"] = now
+            elif name == "CALIBRATED":
+                calibrate(ctx, boot)
+                next_step("the step after the calibration", STEP_SLACK)
+                (boot.dir / "ack.calibrate").touch()
             elif name in ("JOB", "FUZZ"):
                 started[arg or "fuzz"] = now
+                if name == "JOB":
+                    next_step(f"job {arg}", boot.limits.get(by_name[arg].limit_name,
+                                                            UNCALIBRATED_LIMIT) + STEP_SLACK)
+                else:
+                    next_step("the fuzz", fuzz_limit)
                 if virtio_mem and "virtio_mem" not in results:
                     check_virtio_mem(ctx, boot, guest, args.virtio_mem_plug << 20)
             elif name == "DUMPED":
                 results["timings"][arg] = now - started.get(arg, now)
                 paused(lambda: check_job(ctx, boot, by_name[arg], guest_ram()), arg)
+                next_step(f"the steps after job {arg}", STEP_SLACK)
             elif name == "FUZZED":
                 results["timings"]["fuzz"] = now - started.get("fuzz", now)
                 paused(lambda: check_fuzz_reference(ctx, boot, guest_ram()), "fuzz")
+                # load/unload cycles: each a 1000-read fuzz capped at 60 s, then dmesg
+                next_step("the load/unload cycles", boot.cycles * 60 + STEP_SLACK)
             elif name in ("INSMOD-FAILED", "MOUNT-FAILED"):
                 ctx.fail(f"{boot.name}: guest setup: {name} {arg}")
             elif name == "DONE":
                 results["timings"]["total"] = now
             elif name == "END":
                 ended = True
+    except GuestStalled as stalled:
+        ctx.fail(f"{boot.name}: {step} ran out of time: {stalled} (see {boot.dir.name}/console.log)")
+        guest.finish(grace=0)
     except BaseException:
         guest.finish(grace=0)  # interrupted or broken: QEMU goes now, not after the guest's steps
         raise
@@ -800,7 +948,7 @@ def run_guest(ctx: Context, args, boot: Boot) -> None:
             ram.close()
         ram_file.unlink(missing_ok=True)
         vmem_file.unlink(missing_ok=True)
-    if not ended:
+    if not ended and not any(f.startswith(f"{boot.name}: {step} ran out") for f in ctx.failures):
         ctx.fail(f"{boot.name}: the guest did not finish (no END sentinel; see console.log)")
     bad = [line for line in guest.lines if BAD_DMESG.search(line)]
     if bad:
@@ -971,8 +1119,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-second-boot", action="store_true",
                     help="skip the qemu64 boot (copy_from_kernel_nofault path)")
     ap.add_argument("--second-fuzz-reads", type=int, default=100_000)
-    ap.add_argument("--timeout", type=float, default=560,
-                    help="hard limit for the main QEMU run, seconds (the second: 240 at most)")
+    ap.add_argument("--timeout", type=float, default=BACKSTOP,
+                    help="QEMU's own time limit, seconds: a backstop for a harness that died (each "
+                         "step has a limit of its own, derived from a calibration)")
     ap.add_argument("--jobs", default="auto",
                     help="comma-separated job names, or 'auto' (every job whose needs are met)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")

@@ -421,3 +421,61 @@ def test_guest_script_runs_every_job_in_order(tmp_path):
     assert f"--load-module {tmp_path}/main/memdump.ko" in script
     names = {job.name for job in run_tier.JOBS}
     assert {f"cli-{s}-{f}" for s in ("kmod", "kcore") for f in ("padded", "lime", "elf")} <= names
+
+
+def test_limits_follow_the_calibration_and_the_job_size():
+    """A machine at half the speed gets twice the limits; a padded job's limit counts the holes
+    it hashes, a partial job's only its 64 MiB."""
+    import run_tier
+
+    iomem = ("00001000-0009fbff : System RAM\n00100000-3fffffff : System RAM\n"
+             "100000000-10fffffff : System RAM (virtio_mem)\n")
+    jobs = {job.name: job for job in run_tier.JOBS}
+    fast = run_tier.Calibration.from_times(4.0, 12.0)   # 16 MiB in 4 s, 144 MiB in 12 s
+    slow = run_tier.Calibration.from_times(8.0, 24.0)
+    assert abs(fast.per_mib - 8.0 / 128) < 1e-9 and abs(fast.startup - 3.0) < 1e-9
+    limits = {c: run_tier.job_limits(run_tier.limits_script(list(jobs.values()), c, iomem))
+              for c in (fast, slow)}
+    name = jobs["cli-kmod-padded"].limit_name
+    ram_mib = ((0x9fc00 - 0x1000) + (0x40000000 - 0x100000) + (1 << 28)) / (1 << 20)
+    span_mib = 0x110000000 / (1 << 20)
+    assert limits[fast][name] == int(run_tier.LIMIT_MARGIN * (3.0 + span_mib / 16) + 0.999)
+    assert limits[slow][name] >= 2 * limits[fast][name] - 1
+    lime = jobs["cli-kmod-lime"].limit_name
+    assert limits[fast][lime] == int(run_tier.LIMIT_MARGIN * (3.0 + ram_mib / 16) + 0.999)
+    partial = jobs["load-module-kept"].limit_name
+    assert limits[fast][partial] == run_tier.LIMIT_FLOOR
+    uncalibrated = run_tier.job_limits(run_tier.limits_script(list(jobs.values()), None, iomem))
+    assert set(uncalibrated.values()) == {run_tier.UNCALIBRATED_LIMIT}
+
+
+def test_guest_script_times_each_job_by_its_own_limit(tmp_path):
+    import run_tier
+
+    ctx = run_tier.Context("6.1.0-56-amd64", tmp_path, "/usr/bin/python3", "/repo", False)
+    boot = run_tier.Boot("main", tmp_path / "main", "max", "copy_mc_to_kernel", 10, 1, True,
+                         list(run_tier.JOBS))
+    script = run_tier.guest_script(ctx, boot, 1, 10)
+    calibrated = script.index("say CALIBRATED\nwait_ack calibrate\n. $R/limits.sh\n")
+    assert script.index("-s 16m") < script.index("-s 144m") < calibrated
+    for job in run_tier.JOBS:
+        assert script.index(f"timeout ${job.limit_name} ") > calibrated
+    assert "timeout 180" not in script
+
+
+def test_a_silent_guest_is_stopped_with_its_step_named(tmp_path):
+    """The host's watchdog: no sentinel before the deadline ends the wait with the time it ran."""
+    import time
+
+    from guest import Guest, GuestConfig, GuestStalled
+
+    cfg = GuestConfig(kver="x", workdir=tmp_path, ram_file=tmp_path / "ram")
+    guest = Guest(cfg, tmp_path / "initramfs")
+    guest.console.write_text("@@MD:BOOTED@@\n")
+    guest.running = lambda: True
+    guest.deadline = time.monotonic() + 0.3
+    seen = []
+    with pytest.raises(GuestStalled, match=r"no word from the guest for \d+s"):
+        for event in guest.events(poll=0.01):
+            seen.append(event)
+    assert seen == [("BOOTED", "")]
