@@ -15,35 +15,27 @@ Faults to inject: pages that fail with EIO, short reads at page boundaries, EINT
 from __future__ import annotations
 
 import errno
-from dataclasses import dataclass, field
+import os
 
 from memdump.errors import HoleError
+from memdump.facts import NO_FACTS, MachineFacts
 from memdump.host import Host
 from memdump.iomem import Range, merge_ranges
+from memdump.remarks import Remark, no_remark
 from memdump.sources.base import USABLE, DevMemory, Probe
+from memdump.sources.kcore import host_facts
+from memdump.sources.registry import register
+from emulator.faults import Faults
 from emulator.machine import ONE_MIB, ROM_TAG, Machine
+from emulator.truth import TRUTH, load_truth
 
 BEHAVIOURS = ("module", "strict-devmem")
 
 
-@dataclass
-class Faults:
-    eio_pages: frozenset[int] = field(default_factory=frozenset)  # page addresses failing with EIO
-    short_every: int = 0  # every Nth multi-page read stops at its first page boundary
-    eintr_every: int = 0  # every Nth read is interrupted once (EINTR) before it succeeds
-
-    def to_dict(self) -> dict:
-        return {"eio_pages": sorted(self.eio_pages), "short_every": self.short_every,
-                "eintr_every": self.eintr_every}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "Faults":
-        return cls(frozenset(data.get("eio_pages", ())), data.get("short_every", 0),
-                   data.get("eintr_every", 0))
-
-
+@register
 class EmulatedMemory(DevMemory):
     name = "emulator"
+    automatic = False  # a made-up machine: only ever chosen by name
 
     def __init__(self, host: Host | None = None, kernel: bool = False, *, machine: Machine | None = None,
                  behaviour: str = "module", faults: Faults | None = None, granularity: int = 1):
@@ -62,6 +54,21 @@ class EmulatedMemory(DevMemory):
     @classmethod
     def probe(cls, host: Host, kernel: bool = False) -> Probe:
         return Probe(cls.name, USABLE, "always available; chosen only with --source emulator")
+
+    @classmethod
+    def open(cls, host: Host, kernel: bool = False) -> "EmulatedMemory":
+        """``--source emulator``: the machine a ``--root`` was written from, else the built-in one."""
+        if host.root != "/" and os.path.exists(os.path.join(host.root, TRUTH)):
+            machine, truth = load_truth(host.root)
+            return cls(host, kernel, machine=machine, behaviour=truth["behaviour"],
+                       faults=Faults.from_dict(truth["faults"]),
+                       granularity=truth.get("granularity", 1))
+        return cls(host, kernel)
+
+    def machine_facts(self, remark: Remark = no_remark) -> MachineFacts:
+        """Under a fake root, what its proc/kcore says (the root was written from this machine);
+        the real root's files describe the real machine, not this one."""
+        return NO_FACTS if self.host.root == "/" else host_facts(self, remark)
 
     # -- layout -----------------------------------------------------------------------------------
 
@@ -180,14 +187,5 @@ class EmulatedMemory(DevMemory):
 
 
 def from_host(host: Host, kernel: bool = False) -> EmulatedMemory:
-    """``--source emulator``: the machine a ``--root`` was written from, else the built-in one."""
-    import os
-
-    from emulator.rootfs import TRUTH, load_truth
-
-    if host.root != "/" and os.path.exists(os.path.join(host.root, TRUTH)):
-        machine, truth = load_truth(host.root)
-        return EmulatedMemory(host, kernel, machine=machine, behaviour=truth["behaviour"],
-                              faults=Faults.from_dict(truth["faults"]),
-                              granularity=truth.get("granularity", 1))
-    return EmulatedMemory(host, kernel)
+    """The source ``--source emulator`` opens for ``host``."""
+    return EmulatedMemory.open(host, kernel)

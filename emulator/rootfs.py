@@ -12,10 +12,10 @@ import os
 
 from memdump import elf64
 from memdump.iomem import Iomem, Resource
-from emulator.device import Faults
+from emulator.faults import Faults
 from emulator.machine import ONE_MIB, Machine
+from emulator.truth import TRUTH, load_truth  # noqa: F401 -- where tests and tools find them
 
-TRUTH = "truth.json"
 CHUNK = 4 * ONE_MIB
 
 
@@ -134,15 +134,3 @@ def write_root(machine: Machine, out: str, *, strict_devmem: bool = False, lockd
     }
     _write(out, TRUTH, json.dumps(truth, indent=1) + "\n")
     return truth
-
-
-def load_truth(root: str) -> tuple[Machine, dict]:
-    """Rebuild the machine a root was written from (the truth) and return its record."""
-    with open(os.path.join(root, TRUTH)) as handle:
-        truth = json.load(handle)
-    params = truth["emulator"]
-    machine = Machine(seed=params["seed"], ram_size=params["ram_size"],
-                      page_size=params["page_size"], release=params["release"])
-    if [[r.start, r.end] for r in machine.ram] != truth["ram"]:
-        raise ValueError(f"{root}: truth.json does not match the emulator's layout for its seed")
-    return machine, truth

@@ -1,7 +1,57 @@
 """memdump: memory acquisition for forensics and incident response.
 
-A library with a thin command line: sources (the DevMemory interface) say what they can read,
-walkers turn a source into output streams, and ``memdump.cli`` binds them to the classic flags.
+A library with a thin command line. What a script or another tool imports::
+
+    import memdump
+
+    result = memdump.acquire(memdump.DumpOptions(format="lime", output="host.lime",
+                                                 manifest="host.json"))
+    print(result.bytes_written, result.digests["sha256"])
+
+* ``acquire(DumpOptions)`` -- one dump, as ``memdump [options]`` does it; returns a DumpResult.
+* ``DumpOptions`` -- the dump's settings as one value (the command line builds one from its flags).
+* ``open_source(name, host)`` -- a memory source (the DevMemory interface) to read yourself;
+  ``probe_all(host)`` says which sources work here and why the others do not.
+* ``open_image(path)`` -- an image read back: format, regions, notes.
+* ``convert(in_path, out_path, to)`` and ``verify(image, manifest)`` -- the operations on images.
+
+Errors a user can cause are ``MemdumpError`` (with ``exit_code``); the names below are loaded on
+first use, so ``import memdump`` costs the command line nothing.
 """
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "acquire": "memdump.acquire",
+    "DumpOptions": "memdump.acquire",
+    "DumpResult": "memdump.acquire",
+    "open_source": "memdump.sources",
+    "probe_all": "memdump.sources",
+    "Host": "memdump.host",
+    "open_image": "memdump.image",
+    "Image": "memdump.image",
+    "convert": "memdump.convert",
+    "verify": "memdump.verify",
+    "MemdumpError": "memdump.errors",
+    "UsageError": "memdump.errors",
+    "SourceUnavailable": "memdump.errors",
+    "OutputError": "memdump.errors",
+    "ImageError": "memdump.errors",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'memdump' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(__all__)

@@ -1,16 +1,18 @@
-"""Walking a source: from ranges (or a blind scan) to bytes in a sink.
+"""Walking a source: from ranges (or a blind scan) to bytes in a writer.
 
 Two walks:
 
-* ``RamWalk`` -- the default. Reads only the ranges the source serves (published System RAM),
-  in large reads into a page-aligned buffer; where a read fails it retries page by page, so one
-  bad page costs one page and holes land on page boundaries. Zero-copy where the source allows.
+* ``RegionWalk`` -- the default, for every format. Reads only the regions planned from the ranges
+  the source serves (published System RAM), in large reads into a page-aligned buffer; where a
+  read fails it retries page by page, so one bad page costs one page and holes land on page
+  boundaries. Zero-copy where the source and the sink allow. What a hole becomes is the writer's
+  business: raw leaves it out (and closes a map region), structured formats zero-fill it.
 * ``ScanWalk`` -- ``--scan``: the original memdump's blind walk from address 0, bounded by the end
   of the address space: read ``-b`` bytes, on an error close the map region and step ``-p``
-  forward, stop at EOF or after ``-s`` bytes.
+  forward, stop at EOF or after ``-s`` bytes. It writes the raw stream.
 
-Both write the raw format (readable bytes concatenated, holes left out) and report each dumped
-region to a map callback as it closes, as the original does.
+The reader speaks in typed events: ``Data`` (bytes in its buffer), ``Sent`` (bytes the sink moved
+by zero-copy), ``Hole`` (a span that failed) and ``End`` (the source ended early).
 """
 
 from __future__ import annotations
@@ -18,21 +20,51 @@ from __future__ import annotations
 import errno
 import mmap
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Iterator, List, Optional, Tuple, Union
 
 from memdump.errors import HoleError
 from memdump.iomem import Range
+from memdump.remarks import Remark, RegionCallback, no_remark, no_region
 from memdump.sink import Sink
 from memdump.sources.base import DevMemory, Hole
+
+if TYPE_CHECKING:
+    from memdump.formats.base import FormatWriter
 
 DEFAULT_READ_SIZE = 1 << 20  # large reads amortise system calls; page fallback keeps holes exact
 BATCH = 1 << 20  # smaller reads are gathered up to this much per write
 
 
+@dataclass(frozen=True)
+class Data:
+    """``view`` holds the bytes at ``address``: consume them before asking for the next event."""
+
+    address: int
+    view: memoryview
+
+
+@dataclass(frozen=True)
+class Sent:
+    """``count`` bytes at ``address`` are already in the sink (zero-copy)."""
+
+    address: int
+    count: int
+
+
+@dataclass(frozen=True)
+class End:
+    """The source ended (EOF) at ``address``, before the span asked for; nothing follows."""
+
+    address: int
+
+
+Event = Union[Data, Sent, Hole, End]
+
+
 @dataclass
 class WalkResult:
-    regions: list[Range] = field(default_factory=list)
-    holes: list[Hole] = field(default_factory=list)
+    regions: List[Range] = field(default_factory=list)
+    holes: List[Hole] = field(default_factory=list)
     bytes_written: int = 0
     stopped: str = "end of ranges"
 
@@ -40,6 +72,10 @@ class WalkResult:
 def aligned_buffer(size: int) -> mmap.mmap:
     """A page-aligned buffer: kernel copies into a buffer 16 bytes into a page run 4-5x slower."""
     return mmap.mmap(-1, max(size, 1))
+
+
+def errno_name(err: int) -> str:
+    return errno.errorcode.get(err, str(err))
 
 
 class Reader:
@@ -50,7 +86,7 @@ class Reader:
     buffer instead of one per read.
     """
 
-    def __init__(self, source: DevMemory, page_size: int, read_size: int, sink: Sink | None = None):
+    def __init__(self, source: DevMemory, page_size: int, read_size: int, sink: Optional[Sink] = None):
         self.source = source
         self.page_size = page_size
         self.read_size = read_size
@@ -59,12 +95,9 @@ class Reader:
         self.view = memoryview(self.buffer)
         self.sink = sink
 
-    def _read(self, address: int, size: int) -> tuple[int, int]:
-        """(count, 0) or (0, errno): one read into the start of the buffer, EINTR retried."""
-        return self._read_into(address, 0, size)
-
-    def _read_into(self, address: int, offset: int, size: int) -> tuple[int, int]:
-        """(count, 0) or (0, errno): one read into the buffer at ``offset``, EINTR retried."""
+    def read_into(self, address: int, offset: int, size: int) -> Tuple[int, int]:
+        """(count, 0) or (0, errno): one read of ``size`` bytes at ``address`` into the buffer at
+        ``offset``, EINTR retried. (0, 0) is the end of the source."""
         view = self.view[offset:offset + size]
         while True:
             try:
@@ -74,7 +107,7 @@ class Reader:
             except HoleError as exc:
                 return 0, exc.errno or errno.EIO
 
-    def _zero_copy(self, address: int, size: int) -> int | None:
+    def _zero_copy(self, address: int, size: int) -> Optional[int]:
         sink = self.sink
         if sink is None or not sink.zero_copy:
             return None
@@ -83,17 +116,9 @@ class Reader:
             return None
         return sink.sendfile(where[0], where[1], size)
 
-    def extents(self, start: int, end: int, budget: int | None = None) -> Iterator[tuple]:
-        """Cover ``[start, end)`` in address order, yielding
-
-        * ``("data", address, view)`` -- bytes read into the reusable buffer (consume before
-          asking for the next item);
-        * ``("sent", address, count)`` -- bytes already moved to the sink by zero-copy;
-        * ``("hole", Hole)`` -- a page-aligned span that failed;
-        * ``("eof", address)`` -- the source ended early; nothing follows.
-
-        ``budget`` caps the bytes yielded as data/sent (the original's ``-s``).
-        """
+    def extents(self, start: int, end: int, budget: Optional[int] = None) -> Iterator[Event]:
+        """Cover ``[start, end)`` in address order with contiguous events (see the module's
+        docstring). ``budget`` caps the bytes yielded as Data/Sent (the original's ``-s``)."""
         address = start
         left = budget
         read_size = self.read_size
@@ -104,7 +129,7 @@ class Reader:
                 want = min(want, left)
             sent = self._zero_copy(address, want)
             if sent:
-                yield ("sent", address, sent)
+                yield Sent(address, sent)
                 address += sent
                 left = None if left is None else left - sent
                 continue
@@ -114,7 +139,7 @@ class Reader:
             err = 0
             ended = False
             while True:
-                count, err = self._read_into(address, filled, want)
+                count, err = self.read_into(address, filled, want)
                 if not count:
                     ended = not err
                     break
@@ -127,9 +152,9 @@ class Reader:
                 if left is not None:
                     want = min(want, left)
             if filled:
-                yield ("data", first, self.view[:filled])
+                yield Data(first, self.view[:filled])
             if ended:
-                yield ("eof", address)
+                yield End(address)
                 return
             if not err:
                 continue
@@ -139,30 +164,95 @@ class Reader:
                 step_end = min(address - address % self.page_size + self.page_size, window_end)
                 if left is not None:
                     step_end = min(step_end, address + left)
-                count, err = self._read(address, step_end - address)
+                count, err = self.read_into(address, 0, step_end - address)
                 if count:
-                    yield ("data", address, self.view[:count])
+                    yield Data(address, self.view[:count])
                     address += count
                     left = None if left is None else left - count
                 elif err:
-                    yield ("hole", Hole(address, step_end, errno.errorcode.get(err, str(err))))
+                    yield Hole(address, step_end, errno_name(err))
                     address = step_end
                 else:
-                    yield ("eof", address)
+                    yield End(address)
                     return
 
 
-MapCallback = Callable[[int, int], None]
-Remark = Callable[[int, str], None]  # (verbosity level, text)
+class RegionWalk:
+    """Drives a writer over the regions it was planned with (see ``FormatWriter``).
+
+    ``budget`` (raw only) caps the bytes written, as the original's ``-s`` does: the walk stops
+    where that many bytes are out, whatever the holes. Structured formats are planned with the
+    cap already applied to the memory they cover, since their headers describe whole regions.
+    """
+
+    def __init__(self, source: DevMemory, writer: "FormatWriter", *, page_size: int, read_size: int,
+                 budget: int = 0, remark: Remark = no_remark):
+        self.source = source
+        self.writer = writer
+        self.reader = Reader(source, page_size, read_size, writer.sink)
+        self.budget = budget
+        self.remark = remark
+        # kept on the walk, so a caller can account for what was done when the output fails
+        self.result = WalkResult()
+
+    def _record(self, hole: Hole) -> None:
+        holes = self.result.holes
+        if self.writer.structured:
+            self.remark(1, f"zero-filled {hole.start:#x}-{hole.end:#x}: {hole.reason}")
+            if holes and holes[-1].end == hole.start and holes[-1].reason == hole.reason:
+                holes[-1] = Hole(holes[-1].start, hole.end, hole.reason)
+                return
+        elif hole.reason != "eof":
+            self.remark(1, f"hole at {hole.start:#x}-{hole.end:#x}: {hole.reason}")
+        holes.append(hole)
+
+    def run(self) -> WalkResult:
+        writer, result, sink = self.writer, self.result, self.writer.sink
+        structured = writer.structured
+        word = "region" if structured else "range"
+        stopped = "end of regions" if structured else "end of ranges"
+        writer.begin()
+        try:
+            for index, region in enumerate(writer.regions):
+                left = self.budget - sink.written if self.budget else None
+                if left is not None and left <= 0:
+                    stopped = "size limit (-s)"
+                    break
+                self.remark(2, f"{word} {region.start:#x}-{region.end:#x}")
+                writer.begin_region(index)
+                for event in self.reader.extents(region.start, region.end, left):
+                    if type(event) is Data:
+                        writer.data(event.view)
+                    elif type(event) is Sent:
+                        writer.sent(event.count)
+                    elif type(event) is Hole:
+                        writer.hole(event)
+                        self._record(event)
+                    else:
+                        self.remark(1, f"{self.source.name} ended early at {event.address:#x}")
+                        rest = Hole(event.address, region.end, "eof")
+                        writer.hole(rest)
+                        self._record(rest)
+                writer.end_region(index)
+        finally:
+            # a failed output still maps what it holds
+            writer.close_open()
+        if self.budget and sink.written >= self.budget:
+            stopped = "size limit (-s)"
+        writer.finish()
+        result.regions = [Range(p.start, p.end) for p in writer.output_regions()]
+        result.bytes_written = sink.written
+        result.stopped = stopped
+        return result
 
 
 class _Regions:
-    """Tracks the current dumped region and reports each one as it closes."""
+    """Tracks the scan's current dumped region and reports each one as it closes."""
 
-    def __init__(self, on_region: MapCallback, result: WalkResult):
+    def __init__(self, on_region: RegionCallback, result: WalkResult):
         self.on_region = on_region
         self.result = result
-        self.start: int | None = None
+        self.start: Optional[int] = None
         self.end = 0
 
     def extend(self, address: int, count: int) -> None:
@@ -179,65 +269,12 @@ class _Regions:
             self.start = None
 
 
-class RamWalk:
-    def __init__(self, source: DevMemory, sink: Sink, *, page_size: int, read_size: int,
-                 limit: int = 0, on_region: MapCallback = lambda s, e: None,
-                 remark: Remark = lambda level, text: None):
-        self.source = source
-        self.sink = sink
-        self.reader = Reader(source, page_size, read_size, sink)
-        self.limit = limit
-        self.on_region = on_region
-        self.remark = remark
-
-    def run(self) -> WalkResult:
-        # kept on the walk too, so a caller can account for what was done when the output fails
-        self.result = result = WalkResult()
-        regions = _Regions(self.on_region, result)
-        ranges = self.source.ranges()
-        try:
-            for r in ranges:
-                budget = self.limit - result.bytes_written if self.limit else None
-                if budget is not None and budget <= 0:
-                    result.stopped = "size limit (-s)"
-                    break
-                self.remark(2, f"range {r.start:#x}-{r.end:#x}")
-                for item in self.reader.extents(r.start, r.end, budget):
-                    kind = item[0]
-                    if kind == "data":
-                        _, address, view = item
-                        self.sink.write(view)
-                        regions.extend(address, len(view))
-                        result.bytes_written += len(view)
-                    elif kind == "sent":
-                        _, address, count = item
-                        regions.extend(address, count)
-                        result.bytes_written += count
-                    elif kind == "hole":
-                        hole = item[1]
-                        regions.close()
-                        result.holes.append(hole)
-                        self.remark(1, f"hole at {hole.start:#x}-{hole.end:#x}: {hole.reason}")
-                    else:
-                        address = item[1]
-                        regions.close()
-                        result.holes.append(Hole(address, r.end, "eof"))
-                        self.remark(1, f"{self.source.name} ended early at {address:#x}")
-            else:
-                result.stopped = "end of ranges"
-            if self.limit and result.bytes_written >= self.limit:
-                result.stopped = "size limit (-s)"
-        finally:
-            regions.close()
-        return result
-
-
 class ScanWalk:
     """The original program's loop, address for address (see the module docstring)."""
 
     def __init__(self, source: DevMemory, sink: Sink, *, page_size: int, read_size: int,
-                 exact_reads: bool, limit: int = 0, on_region: MapCallback = lambda s, e: None,
-                 remark: Remark = lambda level, text: None):
+                 exact_reads: bool, limit: int = 0, on_region: RegionCallback = no_region,
+                 remark: Remark = no_remark):
         self.source = source
         self.sink = sink
         self.page_size = page_size
@@ -249,14 +286,15 @@ class ScanWalk:
         self.limit = limit
         self.on_region = on_region
         self.remark = remark
+        # kept on the walk, so a caller can account for what was done when the output fails
+        self.result = WalkResult()
 
     def run(self) -> WalkResult:
-        # kept on the walk too, so a caller can account for what was done when the output fails
-        self.result = result = WalkResult()
+        result = self.result
         regions = _Regions(self.on_region, result)
         end = self.source.scan_end()
         reader = self.reader
-        read_into = reader._read_into
+        read_into = reader.read_into
         view = reader.view
         capacity = reader.capacity
         sink = self.sink
@@ -276,7 +314,7 @@ class ScanWalk:
                 regions.extend(batch_at, pending)
                 pending = 0
 
-        def read(address: int, size: int) -> tuple[int, int]:
+        def read(address: int, size: int) -> Tuple[int, int]:
             nonlocal pending, batch_at
             if pending + size > capacity:
                 flush()
@@ -286,6 +324,11 @@ class ScanWalk:
                     batch_at = address
                 pending += got
             return got, err
+
+        def hole_at(address: int, err: int) -> None:
+            flush()
+            regions.close()
+            result.holes.append(Hole(address, address + self.page_size, errno_name(err)))
 
         try:
             while not self.limit or count < self.limit:
@@ -306,10 +349,7 @@ class ScanWalk:
                     self.remark(1, f"Stopped on EOF at {where:#x}")
                     break
                 if self.window == self.read_size:
-                    flush()
-                    regions.close()
-                    result.holes.append(Hole(where, where + self.page_size,
-                                             errno.errorcode.get(err, str(err))))
+                    hole_at(where, err)
                     where += self.page_size
                     continue
                 # replay the window as the original's sequence of -b sized reads
@@ -321,10 +361,7 @@ class ScanWalk:
                         count += got
                         where += got
                     elif err:
-                        flush()
-                        regions.close()
-                        result.holes.append(Hole(where, where + self.page_size,
-                                                 errno.errorcode.get(err, str(err))))
+                        hole_at(where, err)
                         where += self.page_size
                     else:
                         break

@@ -11,6 +11,8 @@ import pytest
 from emulator.machine import Machine
 from emulator.rootfs import write_root
 from memdump.cli import main
+from memdump.formats.raw import RawWriter
+from memdump.walk import DEFAULT_READ_SIZE, RegionWalk
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(REPO, "tests", "fixtures")
@@ -81,3 +83,11 @@ def run_main(capfd, *args):
 def run_subprocess(*args, **kwargs):
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.run([sys.executable, "-m", "memdump", *args], capture_output=True, env=env, **kwargs)
+
+
+def raw_walk(source, sink, *, page_size=4096, read_size=DEFAULT_READ_SIZE, limit=0,
+             on_region=lambda start, end: None):
+    """The default dump's walk, as ``acquire`` builds it for --format raw: every range the
+    source serves, into the raw writer, ``limit`` capping the bytes written (-s)."""
+    writer = RawWriter(sink, source.ranges(), on_region=on_region)
+    return RegionWalk(source, writer, page_size=page_size, read_size=read_size, budget=limit).run()

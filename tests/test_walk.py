@@ -7,11 +7,10 @@ import random
 
 import pytest
 
-from conftest import expected_ram_walk
+from conftest import expected_ram_walk, raw_walk
 from emulator.device import EmulatedMemory, Faults
 from emulator.machine import Machine
 from memdump.sink import Sink
-from memdump.walk import RamWalk
 
 
 def walk(source, tmp_path, **options):
@@ -19,7 +18,7 @@ def walk(source, tmp_path, **options):
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     regions = []
     try:
-        result = RamWalk(source, Sink(fd), on_region=lambda s, e: regions.append((s, e)), **options).run()
+        result = raw_walk(source, Sink(fd), on_region=lambda s, e: regions.append((s, e)), **options)
     finally:
         os.close(fd)
     return path.read_bytes(), regions, result

@@ -1,20 +1,26 @@
-"""What every image writer shares: the regions planned before the first byte, where each one
-lands in the output, and the bookkeeping that keeps a record from being left half-written.
+"""What every image format shares: the regions planned before the first byte, where each one
+lands in the output, the bookkeeping that keeps a record from being left half-written, and what
+a reader of the format gives back.
 
 A writer is driven in one order: ``begin()``, then per region ``begin_region(i)``, exactly
-``region.size`` bytes through ``data``/``sent``/``zeros``, ``end_region(i)``, and ``finish()``.
-Structured formats write their headers from the plan, so headers are known before any data.
+``region.size`` bytes through ``data``/``sent``/``hole`` (structured formats; raw may stop early
+at a ``-s`` cap), ``end_region(i)``, and ``finish()``. Structured formats write their headers
+from the plan, so headers are known before any data. A format's class is also its detector
+(``detect``) and its reader (``read``), which ``memdump.image`` uses.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar, List, Optional, Sequence
 
+from memdump import elf64
 from memdump.errors import UsageError
+from memdump.facts import NO_FACTS, MachineFacts
 from memdump.iomem import Range
+from memdump.remarks import RegionCallback, no_region
 from memdump.sink import Sink
-
+from memdump.sources.base import Hole
 
 
 @dataclass(frozen=True)
@@ -30,18 +36,20 @@ class Placed:
         return self.end - self.start
 
 
-@dataclass(frozen=True)
-class ImageMeta:
-    """What a format may record beyond the bytes: the kernel's VMCOREINFO note text and the
-    direct map's base (``vaddr - paddr``), each when known."""
+@dataclass
+class Layout:
+    """What a format's reader finds in a file: its regions, and for ELF its notes and the direct
+    map's base; ``remarks`` are oddities that are not damage."""
 
-    vmcoreinfo: bytes | None = None
-    direct_map_base: int | None = None
+    regions: List[Placed] = field(default_factory=list)
+    notes: List[elf64.Note] = field(default_factory=list)
+    direct_map_base: Optional[int] = None
+    remarks: List[str] = field(default_factory=list)
 
 
-def check_regions(regions: Sequence[Range]) -> list[Range]:
+def check_regions(regions: Sequence[Range]) -> List[Range]:
     """Regions must be non-empty, ascending and non-overlapping: every format relies on it."""
-    checked: list[Range] = []
+    checked: List[Range] = []
     for r in regions:
         r = Range(int(r[0]), int(r[1]))
         if r.end <= r.start:
@@ -52,9 +60,9 @@ def check_regions(regions: Sequence[Range]) -> list[Range]:
     return checked
 
 
-def plan_regions(ranges: Sequence[Range], limit: int = 0) -> list[Range]:
+def plan_regions(ranges: Sequence[Range], limit: int = 0) -> List[Range]:
     """The source's ranges, capped by ``-s`` counting memory bytes covered (0: no cap)."""
-    planned: list[Range] = []
+    planned: List[Range] = []
     left = limit
     for r in ranges:
         if limit and left <= 0:
@@ -65,24 +73,55 @@ def plan_regions(ranges: Sequence[Range], limit: int = 0) -> list[Range]:
     return planned
 
 
+def back_to_back(regions: Sequence[Range], offset: int = 0) -> List[Placed]:
+    """Regions whose bytes follow each other in the file from ``offset``."""
+    placed = []
+    for r in regions:
+        placed.append(Placed(r.start, r.end, offset))
+        offset += r.end - r.start
+    return placed
+
+
 class FormatWriter:
     """Base of every format: byte accounting per region and the common write paths."""
 
     name: ClassVar[str]
     #: structured formats keep each region whole: unreadable pages become zeros
     structured: ClassVar[bool] = True
+    #: the format needs a map beside the file to be read back (raw, padded)
+    mapped: ClassVar[bool] = False
 
-    def __init__(self, sink: Sink, regions: Sequence[Range], meta: ImageMeta = ImageMeta()):
+    def __init__(self, sink: Sink, regions: Sequence[Range], facts: MachineFacts = NO_FACTS,
+                 on_region: RegionCallback = no_region):
         self.sink = sink
         self.regions = check_regions(regions)
-        self.meta = meta
-        self.current: int | None = None
+        self.facts = facts
+        self.on_region = on_region
+        self.current: Optional[int] = None
         self.filled = 0
         self.placed = self.layout()
 
+    # -- reading back -------------------------------------------------------------------------------
+
+    @classmethod
+    def detect(cls, head: bytes) -> bool:
+        """Whether a file starting with ``head`` is in this format (formats without a header:
+        never)."""
+        return False
+
+    @classmethod
+    def read(cls, fd: int, path: str, size: int) -> Layout:
+        """The regions of a file in this format (ImageError naming the offset of any damage)."""
+        raise NotImplementedError(f"{cls.name} images are read through their map")
+
+    @classmethod
+    def place(cls, ranges: Sequence[Range]) -> List[Placed]:
+        """Where a mapped format keeps each of ``ranges`` in the file."""
+        raise NotImplementedError(f"{cls.name} images are not read through a map")
+
     # -- the plan ---------------------------------------------------------------------------------
 
-    def layout(self) -> list[Placed]:
+    def layout(self) -> List[Placed]:
         """Where each region's first byte lands in the output."""
         raise NotImplementedError
 
@@ -93,6 +132,10 @@ class FormatWriter:
 
     def header_size(self) -> int:
         return 0
+
+    def output_regions(self) -> List[Placed]:
+        """The regions the output holds, where they sit (the manifest's ``regions``)."""
+        return self.placed
 
     # -- writing ----------------------------------------------------------------------------------
 
@@ -118,18 +161,26 @@ class FormatWriter:
         self.sink.write_zeros(count)
         self.filled += count
 
+    def hole(self, hole: Hole) -> None:
+        """Memory the source could not give: a structured format keeps its place with zeros."""
+        self.zeros(hole.end - hole.start)
+
     def end_region(self, index: int) -> None:
         region = self.regions[index]
         if self.current != index or self.filled != region.size:
             raise RuntimeError(f"region {region} closed after {self.filled} of {region.size} bytes")
         self.current = None
+        self.on_region(region.start, region.end)
+
+    def close_open(self) -> None:
+        """After a failure: report a region that is open in the output (raw keeps partial ones)."""
 
     def finish(self) -> None:
         """Anything after the last region."""
 
     # -- where a failed output stops ----------------------------------------------------------------
 
-    def position(self) -> int | None:
+    def position(self) -> Optional[int]:
         """The memory address the output had reached (None before the first region)."""
         if self.current is None:
             return None

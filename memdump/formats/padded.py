@@ -2,18 +2,27 @@
 
 To a regular file the zeros are seeks, so the image is sparse and costs only the RAM it holds;
 to a pipe they are written. The digest covers the zeros either way: it is the stream's digest.
+Read back through its map: the file ends where the last region ends.
 """
 
 from __future__ import annotations
 
+from typing import List, Sequence
+
 from memdump.formats.base import FormatWriter, Placed
+from memdump.iomem import Range
 
 
 class PaddedWriter(FormatWriter):
     name = "padded"
+    mapped = True
 
-    def layout(self) -> list[Placed]:
-        return [Placed(r.start, r.end, r.start) for r in self.regions]
+    @classmethod
+    def place(cls, ranges: Sequence[Range]) -> List[Placed]:
+        return [Placed(r.start, r.end, r.start) for r in ranges]
+
+    def layout(self) -> List[Placed]:
+        return self.place(self.regions)
 
     def begin_region(self, index: int) -> None:
         super().begin_region(index)

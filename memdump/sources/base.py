@@ -3,26 +3,40 @@
 A source has a name, a side-effect-free probe that says whether it can run here and why not,
 the sorted half-open ranges it will serve, and a read that returns bytes or raises HoleError
 naming the address. Sources never pad silently: what they cannot read is an error the walker
-records.
+records. A source also says what it knows of the machine (``machine_facts``) for formats that
+record it.
 """
 
 from __future__ import annotations
 
 import abc
+import enum
 import errno
 import os
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, List, Optional, Tuple
 
 from memdump.errors import HoleError, SourceUnavailable
+from memdump.facts import NO_FACTS, MachineFacts
 from memdump.host import Host
 from memdump.iomem import Iomem, Range
+from memdump.remarks import Remark, no_remark
 
-USABLE = "usable"
-# Opens and reads, but the kernel restricts it (STRICT_DEVMEM): auto passes it over; an explicit
-# --source still runs it (with a warning), which is what --scan -s 1m on /dev/mem needs.
-LIMITED = "limited"
-UNUSABLE = "unusable"
+
+class ProbeStatus(str, enum.Enum):
+    """What a probe found. A str, so it prints and compares as its value."""
+
+    USABLE = "usable"
+    # Opens and reads, but the kernel restricts it (STRICT_DEVMEM): auto passes it over; an
+    # explicit --source still runs it (with a warning), which is what --scan -s 1m on /dev/mem needs.
+    LIMITED = "limited"
+    UNUSABLE = "unusable"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+USABLE, LIMITED, UNUSABLE = ProbeStatus.USABLE, ProbeStatus.LIMITED, ProbeStatus.UNUSABLE
 
 
 @dataclass(frozen=True)
@@ -37,15 +51,15 @@ class Hole:
 @dataclass(frozen=True)
 class Probe:
     source: str
-    status: str
+    status: ProbeStatus
     reason: str
 
     @property
     def usable(self) -> bool:
-        return self.status == USABLE
+        return self.status is USABLE
 
     def line(self) -> str:
-        return f"{self.source:<9} {self.status:<9} {self.reason}"
+        return f"{self.source:<9} {self.status.value:<9} {self.reason}"
 
 
 class DevMemory(abc.ABC):
@@ -54,15 +68,17 @@ class DevMemory(abc.ABC):
     name: ClassVar[str]
     #: reads must start and be sized in multiples of this (1: any byte)
     granularity: int = 1
+    #: ``auto`` may choose it (the emulator never is: it is not the machine being examined)
+    automatic: ClassVar[bool] = True
 
     def __init__(self, host: Host, kernel: bool = False):
         self.host = host
         self.kernel = kernel
 
-    # -- probing (no side effects) --------------------------------------------------------------
+    # -- probing and opening (a probe has no side effects) -------------------------------------
 
     @classmethod
-    def verdict(cls, status: str, reason: str) -> Probe:
+    def verdict(cls, status: ProbeStatus, reason: str) -> Probe:
         return Probe(cls.name, status, reason)
 
     @classmethod
@@ -70,10 +86,15 @@ class DevMemory(abc.ABC):
     def probe(cls, host: Host, kernel: bool = False) -> Probe:
         """Say whether this source can run on ``host`` and, if not, why."""
 
+    @classmethod
+    def open(cls, host: Host, kernel: bool = False) -> "DevMemory":
+        """The source for ``host`` (after its probe said it may run)."""
+        return cls(host, kernel)
+
     # -- reading --------------------------------------------------------------------------------
 
     @abc.abstractmethod
-    def ranges(self) -> list[Range]:
+    def ranges(self) -> List[Range]:
         """Sorted, non-overlapping, half-open ranges this source serves (RAM, never MMIO)."""
 
     @abc.abstractmethod
@@ -83,7 +104,7 @@ class DevMemory(abc.ABC):
         Returns the count (short counts allowed; 0 means end of the device) or raises HoleError.
         """
 
-    def unserved(self) -> list[Hole]:
+    def unserved(self) -> List[Hole]:
         """RAM the machine publishes that this source cannot serve at all (so no walk reads it):
         the manifest accounts for it. Most sources serve all of it."""
         return []
@@ -93,9 +114,14 @@ class DevMemory(abc.ABC):
         ranges = self.ranges()
         return ranges[-1].end if ranges else 0
 
-    def zero_copy(self, address: int) -> tuple[int, int] | None:
+    def zero_copy(self, address: int) -> Optional[Tuple[int, int]]:
         """``(fd, file offset)`` to splice ``address`` from, or None when only reads work."""
         return None
+
+    def machine_facts(self, remark: Remark = no_remark) -> MachineFacts:
+        """VMCOREINFO and the direct map's base for the memory this source reads, where it can
+        find them (an ELF core records them). Nothing known by default."""
+        return NO_FACTS
 
     def read(self, address: int, size: int) -> bytes:
         """Read exactly ``size`` bytes or raise HoleError (for callers that want all or nothing)."""
@@ -126,6 +152,8 @@ class FileDevMemory(DevMemory):
     """A source backed by a file or device node whose offset is the address (``/dev/mem`` style)."""
 
     path: ClassVar[str]
+    #: whether the node can splice (sendfile) at all; a driver without splice_read cannot
+    splices: ClassVar[bool] = True
 
     def __init__(self, host: Host, kernel: bool = False):
         super().__init__(host, kernel)
@@ -134,7 +162,7 @@ class FileDevMemory(DevMemory):
             self.fd = os.open(self.filename, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
             raise SourceUnavailable(self.name, f"cannot open {self.path}: {exc.strerror}") from None
-        self._zero_copy = True
+        self._zero_copy = self.splices
 
     def readinto(self, address: int, view: memoryview) -> int:
         try:
@@ -147,11 +175,11 @@ class FileDevMemory(DevMemory):
     def file_offset(self, address: int) -> int:
         return address
 
-    def zero_copy(self, address: int) -> tuple[int, int] | None:
+    def zero_copy(self, address: int) -> Optional[Tuple[int, int]]:
         return (self.fd, self.file_offset(address)) if self._zero_copy else None
 
     def disable_zero_copy(self) -> None:
-        """The node refused splice (character devices without splice_read): read from now on."""
+        """Read from now on (a caller that knows the node refuses splice)."""
         self._zero_copy = False
 
     def close(self) -> None:
@@ -160,21 +188,14 @@ class FileDevMemory(DevMemory):
             self.fd = -1
 
 
-class PhysicalRamDevice(FileDevMemory):
-    """A device whose offset is the physical address, read only inside /proc/iomem's System RAM
-    (``/dev/mem``, memdump's module): never MMIO, whatever the device would allow."""
-
-    def __init__(self, host: Host, kernel: bool = False):
-        if kernel:
-            raise SourceUnavailable(self.name, "serves physical memory only (-k needs kmem or kcore)")
-        self._ram = iomem_ram(host, self.name)
-        super().__init__(host, kernel)
-
-    def ranges(self) -> list[Range]:
-        return list(self._ram)
+def open_failure(path: str, exc: OSError) -> str:
+    """Why ``path`` would not open, in the responder's terms."""
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"cannot open {path}: permission denied (needs root with CAP_SYS_RAWIO)"
+    return f"cannot open {path}: {exc.strerror}"
 
 
-def iomem_ram(host: Host, source: str) -> list[Range]:
+def iomem_ram(host: Host, source: str) -> List[Range]:
     """System RAM ranges from the host's /proc/iomem, or SourceUnavailable saying why not."""
     text = host.read_text("/proc/iomem")
     if text is None:

@@ -5,18 +5,14 @@ from __future__ import annotations
 import errno
 import os
 
-from memdump.errors import HoleError, SourceUnavailable
+from memdump.errors import SourceUnavailable
 from memdump.host import Host
-from memdump.iomem import Range
-from memdump.sources.base import LIMITED, UNUSABLE, USABLE, FileDevMemory, PhysicalRamDevice, Probe, iomem_ram
+from memdump.iomem import Iomem, Range
+from memdump.sources.base import LIMITED, UNUSABLE, USABLE, Probe, iomem_ram, open_failure
+from memdump.sources.physical import PhysicalRamDevice
+from memdump.sources.registry import register
 
 ONE_MIB = 1 << 20
-
-
-def open_failure(path: str, exc: OSError) -> str:
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return f"cannot open {path}: permission denied (needs root with CAP_SYS_RAWIO)"
-    return f"cannot open {path}: {exc.strerror}"
 
 
 def strict_devmem_reason(host: Host, fd: int, ram: list[Range]) -> str | None:
@@ -40,6 +36,7 @@ def strict_devmem_reason(host: Host, fd: int, ram: list[Range]) -> str | None:
     return None
 
 
+@register
 class DevMem(PhysicalRamDevice):
     name = "devmem"
     path = "/dev/mem"
@@ -73,60 +70,6 @@ class DevMem(PhysicalRamDevice):
 
     def scan_end(self) -> int:
         """The end of the highest published resource, else of RAM: a blind scan stops there."""
-        from memdump.iomem import Iomem
-
         text = self.host.read_text("/proc/iomem")
         ends = [r.end for r in Iomem.parse(text).walk()] if text else []
         return max(ends + [self._ram[-1].end])
-
-
-class KMem(FileDevMemory):
-    """``/dev/kmem``: kernel virtual memory. Linux removed the device in 5.13."""
-
-    name = "kmem"
-    path = "/dev/kmem"
-
-    def __init__(self, host: Host, kernel: bool = False):
-        if not kernel:
-            raise SourceUnavailable(self.name, "serves kernel virtual memory only (use -k)")
-        super().__init__(host, kernel)
-        try:
-            self._ranges = kernel_ranges_from_kcore(host)
-        except SourceUnavailable:
-            self._ranges = []  # no map of kernel memory: only --scan can walk /dev/kmem
-
-    @classmethod
-    def probe(cls, host: Host, kernel: bool = False) -> Probe:
-        if not kernel:
-            return Probe(cls.name, UNUSABLE, "serves kernel virtual memory only (-k)")
-        if not host.exists(cls.path):
-            return Probe(cls.name, UNUSABLE,
-                         f"no {cls.path}: removed in Linux 5.13 and off by default before; -k uses kcore")
-        mode = host.lockdown()
-        if mode:
-            return Probe(cls.name, UNUSABLE, f"kernel lockdown ({mode}) blocks {cls.path}")
-        try:
-            os.close(os.open(host.path(cls.path), os.O_RDONLY | os.O_CLOEXEC))
-        except OSError as exc:
-            return Probe(cls.name, UNUSABLE, open_failure(cls.path, exc))
-        try:
-            kernel_ranges_from_kcore(host)
-        except SourceUnavailable as exc:
-            return Probe(cls.name, LIMITED, f"only --scan works: {exc.reason}")
-        return Probe(cls.name, USABLE, "kernel virtual ranges from /proc/kcore's segments")
-
-    def ranges(self) -> list[Range]:
-        return list(self._ranges)
-
-    def scan_end(self) -> int:
-        return (1 << 64) - 1
-
-
-def kernel_ranges_from_kcore(host: Host) -> list[Range]:
-    """/dev/kmem has no map of its own: the kernel's virtual layout comes from /proc/kcore."""
-    from memdump.sources.kcore import KcoreLayout
-
-    return KcoreLayout.load(host, "kmem").kernel_ranges()
-
-
-__all__ = ["DevMem", "KMem", "HoleError"]

@@ -17,13 +17,16 @@ from collections import Counter
 from dataclasses import dataclass
 
 from memdump import elf64
-from memdump.errors import HoleError, SourceUnavailable
+from memdump.errors import HoleError, MemdumpError, SourceUnavailable
+from memdump.facts import MachineFacts
 from memdump.host import Host
 from memdump.iomem import Iomem, Range, intersect_ranges, merge_ranges, subtract_ranges
-from memdump.sources.base import UNUSABLE, USABLE, DevMemory, Hole, Probe
-from memdump.sources.devmem import open_failure
+from memdump.remarks import Remark, no_remark
+from memdump.sources.base import UNUSABLE, USABLE, DevMemory, Hole, Probe, open_failure
+from memdump.sources.registry import register
 
 KCORE = "/proc/kcore"
+SYS_VMCOREINFO = "/sys/kernel/vmcoreinfo"
 # Virtual areas larger than this (the vmalloc area) are not dumped with -k: they are mostly holes.
 KERNEL_AREA_LIMIT = 64 << 30
 
@@ -136,6 +139,60 @@ class KcoreLayout:
         return None
 
 
+def vmcoreinfo_from_memory(source: DevMemory, text: str) -> bytes:
+    """Read the note /sys/kernel/vmcoreinfo points at ("<hex paddr> <hex size>") through the
+    source and return its VMCOREINFO text."""
+    fields = text.split()
+    if len(fields) < 2:
+        raise ValueError(f"{SYS_VMCOREINFO}: expected '<address> <size>', got {text.strip()!r}")
+    address, size = int(fields[0], 16), int(fields[1], 16)
+    if not 0 < size <= 1 << 20:
+        raise ValueError(f"{SYS_VMCOREINFO}: implausible note size {size:#x}")
+    page = 4096
+    first = address - address % page
+    last = -(-(address + size) // page) * page
+    blob = source.read(first, last - first)[address - first:address - first + size]
+    for note in elf64.parse_notes(blob):
+        if note.name == b"VMCOREINFO":
+            return note.desc
+    raise ValueError(f"no VMCOREINFO note at {address:#x}")
+
+
+def facts_from(layout: "KcoreLayout | None", source: DevMemory,
+               remark: Remark = no_remark) -> MachineFacts:
+    """The machine facts of the host ``source`` reads: VMCOREINFO and the direct map's base from
+    /proc/kcore's ``layout``; VMCOREINFO otherwise through the source itself, at the address
+    /sys/kernel/vmcoreinfo publishes."""
+    vmcoreinfo = base = None
+    origin: dict = {"vmcoreinfo": None}
+    if layout is not None:
+        vmcoreinfo = layout.vmcoreinfo()
+        base = layout.direct_map_base()
+        if vmcoreinfo is not None:
+            origin["vmcoreinfo"] = KCORE
+    if vmcoreinfo is None:
+        text = source.host.read_text(SYS_VMCOREINFO)
+        if text:
+            try:
+                vmcoreinfo = vmcoreinfo_from_memory(source, text)
+                origin["vmcoreinfo"] = SYS_VMCOREINFO
+            except (MemdumpError, ValueError) as exc:
+                remark(1, f"VMCOREINFO not recorded: {exc}")
+    return MachineFacts(vmcoreinfo, base, origin)
+
+
+def host_facts(source: DevMemory, remark: Remark = no_remark) -> MachineFacts:
+    """``facts_from`` the host's own /proc/kcore, for sources that read the host's RAM by other
+    means (a device whose offset is the physical address)."""
+    try:
+        layout: "KcoreLayout | None" = KcoreLayout.load(source.host, "kcore")
+    except (SourceUnavailable, OSError) as exc:
+        remark(1, f"no /proc/kcore for the direct map and VMCOREINFO: {exc}")
+        layout = None
+    return facts_from(layout, source, remark)
+
+
+@register
 class Kcore(DevMemory):
     name = "kcore"
 
@@ -213,6 +270,9 @@ class Kcore(DevMemory):
     def zero_copy(self, address: int) -> tuple[int, int] | None:
         # /proc files do not splice usefully and kcore pads unmapped pages: always read.
         return None
+
+    def machine_facts(self, remark: Remark = no_remark) -> MachineFacts:
+        return facts_from(self.layout, self, remark)
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -11,8 +11,7 @@ only, read-only, the file offset being the physical address.  Its read(2) contra
 - at most 2 MiB per call; the device does not splice (no zero-copy).
 
 The probe says what is missing when the source cannot run: the device node, the loaded module,
-or a module built for this kernel release.  ``load_module``/``unload_module`` are for the CLI
-(they only act on the live machine, never under a redirected root).
+or a module built for this kernel release (building and loading it is ``memdump.module``'s).
 """
 
 from __future__ import annotations
@@ -20,27 +19,13 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import subprocess
 
 from memdump.errors import SourceUnavailable
 from memdump.host import Host
-from memdump.sources.base import UNUSABLE, USABLE, PhysicalRamDevice, Probe, iomem_ram
-
-DEVICE = "/dev/memdump"
-MODULE = "memdump"
-SYSFS = f"/sys/module/{MODULE}"
-
-
-def module_file(host: Host) -> str | None:
-    """Where an installed memdump.ko for the running release is (from modules.dep), if any."""
-    release = host.kernel_release()
-    text = host.read_text(f"/lib/modules/{release}/modules.dep")
-    for line in (text or "").splitlines():
-        path = line.split(":", 1)[0]
-        name = os.path.basename(path)
-        if name.split(".ko")[0] == MODULE:
-            return f"/lib/modules/{release}/{path}"
-    return None
+from memdump.module.files import DEVICE, MODULE, SYSFS, installed_module
+from memdump.sources.base import UNUSABLE, USABLE, Probe, iomem_ram
+from memdump.sources.physical import PhysicalRamDevice
+from memdump.sources.registry import register
 
 
 def open_failure(exc: OSError) -> str:
@@ -53,14 +38,12 @@ def open_failure(exc: OSError) -> str:
     return f"cannot open {DEVICE}: {exc.strerror}"
 
 
+@register
 class KmodMemory(PhysicalRamDevice):
     name = "kmod"
     path = DEVICE
-
-    def __init__(self, host: Host, kernel: bool = False):
-        super().__init__(host, kernel)
-        # the driver has no splice_read: sendfile/splice would fail, go straight to reads
-        self._zero_copy = False
+    # the driver has no splice_read: sendfile/splice would fail, go straight to reads
+    splices = False
 
     @classmethod
     def probe(cls, host: Host, kernel: bool = False) -> Probe:
@@ -73,7 +56,7 @@ class KmodMemory(PhysicalRamDevice):
             if loaded:
                 return verdict(UNUSABLE, f"module {MODULE} is loaded but {DEVICE} is missing "
                                          "(no devtmpfs or udev?)")
-            if module_file(host):
+            if installed_module(host):
                 return verdict(UNUSABLE, f"module {MODULE} is not loaded (memdump module load, or "
                                          f"--load-module for one dump)")
             return verdict(UNUSABLE, f"module {MODULE} is not loaded and none is installed for "
@@ -99,39 +82,3 @@ class KmodMemory(PhysicalRamDevice):
         total = sum(r.size for r in ram)
         return verdict(USABLE, f"{MODULE}.ko{' ' + version if version else ''}: "
                                f"{len(ram)} System RAM ranges, {total >> 20} MiB")
-
-    def zero_copy(self, address: int) -> tuple[int, int] | None:
-        return None
-
-
-def load_module(host: Host, path: str | None = None) -> str:
-    """Load the module (``path``: a memdump.ko; default: the installed one via modprobe).
-
-    Returns what was done, for a verbose remark; raises SourceUnavailable with the reason.
-    """
-    if host.root != "/":
-        raise SourceUnavailable("kmod", "cannot load a module under a redirected --root")
-    if os.path.exists(SYSFS):
-        return f"module {MODULE} already loaded"
-    command = ["insmod", path] if path else ["modprobe", MODULE]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True)
-    except OSError as exc:
-        raise SourceUnavailable("kmod", f"{command[0]}: {exc.strerror}") from None
-    if done.returncode:
-        detail = done.stderr.strip().splitlines()[-1:] or [f"exit {done.returncode}"]
-        raise SourceUnavailable("kmod", f"{' '.join(command)} failed: {detail[0]}")
-    return f"loaded {path or MODULE}"
-
-
-def unload_module(host: Host) -> None:
-    """Unload the module; fails (SourceUnavailable) while any reader holds the device open."""
-    if host.root != "/" or not os.path.exists(SYSFS):
-        return
-    done = subprocess.run(["rmmod", MODULE], capture_output=True, text=True)
-    if done.returncode:
-        detail = done.stderr.strip().splitlines()[-1:] or [f"exit {done.returncode}"]
-        raise SourceUnavailable("kmod", f"rmmod {MODULE} failed: {detail[0]}")
-
-
-__all__ = ["KmodMemory", "load_module", "unload_module", "module_file"]

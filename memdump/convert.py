@@ -1,4 +1,4 @@
-"""Converting an opened image (memdump.image) into any format: the same regions, the same bytes.
+"""Converting an image into any format: the same regions, the same bytes.
 
 Where nothing has to see the bytes (no digest asked for), they move file to file by sendfile.
 """
@@ -6,27 +6,23 @@ Where nothing has to see the bytes (no digest asked for), they move file to file
 from __future__ import annotations
 
 import os
-from typing import Callable, Sequence
+from typing import Callable, List, Optional, Sequence
 
+from memdump import progress
 from memdump.errors import ImageError, UsageError
 from memdump.formats import writer_for
 from memdump.formats.base import FormatWriter
+from memdump.image import Image, open_image
 from memdump.iomem import Range
+from memdump.manifest import Records, create_file, hash_names, write_all
+from memdump.maps import map_text
 from memdump.sink import Sink
 from memdump.walk import aligned_buffer
 
 CHUNK = 1 << 20
 
 
-def convert(image, sink: Sink, to: str,
-            on_region: Callable[[int, int], None] = lambda s, e: None) -> FormatWriter:
-    """Write ``image``'s regions to ``sink`` as ``to``; returns the finished writer."""
-    writer = writer_for(to, sink, [Range(p.start, p.end) for p in image.regions], image.meta())
-    return copy_regions(image, writer, on_region)
-
-
-def copy_regions(image, writer: FormatWriter,
-                 on_region: Callable[[int, int], None] = lambda s, e: None) -> FormatWriter:
+def copy_regions(image: Image, writer: FormatWriter) -> FormatWriter:
     """Drive ``writer`` (planned on ``image``'s regions) with the image's bytes."""
     sink = writer.sink
     buffer = aligned_buffer(CHUNK)
@@ -50,30 +46,27 @@ def copy_regions(image, writer: FormatWriter,
             offset += moved
             left -= moved
         writer.end_region(index)
-        on_region(placed.start, placed.end)
     writer.finish()
     return writer
 
 
-def convert_file(in_path: str, out_path: str, to: str, *, map_path: str | None = None,
-                 out_map: str | None = None, hashes: Sequence[str] = (), no_progress: bool = False,
-                 remark: Callable[[str], None] = lambda text: None) -> FormatWriter:
-    """``memdump convert``: OUT (and ``out_map``, and OUT.ALG per hash) are created, never
+def convert(in_path: str, out_path: str, to: str, *, map_path: Optional[str] = None,
+            out_map: Optional[str] = None, hashes: Sequence[str] = (), no_progress: bool = False,
+            remark: Callable[[str], None] = lambda text: None) -> FormatWriter:
+    """Write the image at ``in_path`` (raw + map, padded, lime or elf; detected) to ``out_path``
+    ('-': stdout) in format ``to``: the same regions, the same bytes, and what an ELF records
+    beyond them. ``out_path`` (and ``out_map``, and ``out_path.ALG`` per hash) are created, never
     overwritten; on any failure the files this call created are removed, since a half-converted
-    image is worth nothing (the input is still there)."""
-    from memdump import progress
-    from memdump.image import open_image
-    from memdump.manifest import Records, create_file, hash_names, write_all
-
+    image is worth nothing (the input is still there). Returns the finished writer."""
     algorithms = hash_names(hashes, False)
     to_stdout = out_path == "-"
     with open_image(in_path, map_path) as image:
         if image.format == "unknown":
             remark(f"{in_path}: no LiME or ELF header and no map: converted as padded "
                    f"(one region from address 0); give --map MAP for a raw image")
-        created: list[str] = []
+        created: List[str] = []
         records = Records(None, None if to_stdout else out_path, algorithms)
-        fds: list[int] = []
+        fds: List[int] = []
         try:
             if to_stdout:
                 out_fd = 1
@@ -89,7 +82,7 @@ def convert_file(in_path: str, out_path: str, to: str, *, map_path: str | None =
             sink = Sink(out_fd, hashes=algorithms, name=out_path if not to_stdout else "stdout")
             if sink.is_terminal:
                 raise UsageError("refusing to write an image to a terminal; redirect stdout or name OUT")
-            writer = writer_for(to, sink, [Range(p.start, p.end) for p in image.regions], image.meta())
+            writer = writer_for(to, sink, [Range(p.start, p.end) for p in image.regions], image.facts())
             ticker = None
             if progress.wanted(no_progress):
                 ticker = progress.Progress(writer.total_size(), lambda: sink.written).start()
@@ -100,8 +93,7 @@ def convert_file(in_path: str, out_path: str, to: str, *, map_path: str | None =
                 if ticker:
                     ticker.stop()
             if map_fd is not None:
-                write_all(map_fd, "".join(f"0x{r.start:x} 0x{r.end:x}\n" for r in writer.regions).encode(),
-                          f"--out-map {out_map}")
+                write_all(map_fd, map_text(writer.regions).encode(), f"--out-map {out_map}")
             digests = sink.digests()
             records.write_sidecars(digests)
             if to_stdout:

@@ -10,7 +10,8 @@ import pytest
 from memdump.errors import HoleError
 from memdump.host import Host
 from memdump.sources.base import UNUSABLE, USABLE
-from memdump.sources.kmod import KmodMemory, module_file
+from memdump.module.files import installed_module
+from memdump.sources.kmod import KmodMemory
 
 IOMEM = "00001000-0009fbff : System RAM\n00100000-001fffff : System RAM\n"
 RELEASE = "6.1.0-56-amd64"
@@ -60,7 +61,7 @@ def test_kernel_memory_is_not_served(tmp_path):
 
 def test_module_file_from_modules_dep(tmp_path):
     host = make_root(tmp_path, installed=True)
-    assert module_file(host) == f"/lib/modules/{RELEASE}/updates/dkms/memdump.ko"
+    assert installed_module(host) == f"/lib/modules/{RELEASE}/updates/dkms/memdump.ko"
 
 
 def test_reads_and_hole_errors(tmp_path):

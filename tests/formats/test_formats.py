@@ -17,14 +17,14 @@ from emulator.machine import Machine
 from emulator.rootfs import write_root
 from memdump import elf64
 from memdump.errors import HoleError, UsageError
-from memdump.formats import ImageMeta, plan_regions, writer_for
-from memdump.formats.acquire import StructuredWalk
-from memdump.formats.meta import machine_meta
+from memdump.facts import NO_FACTS, MachineFacts
+from memdump.formats import plan_regions, writer_for
+from memdump.sources.kcore import host_facts
 from memdump.host import Host
 from memdump.iomem import Range
 from memdump.sink import Sink
 from memdump.sources.base import USABLE, DevMemory, Probe
-from memdump.walk import Hole
+from memdump.walk import Hole, RegionWalk
 
 # -- a tiny machine whose every byte the test spells out ---------------------------------------------
 
@@ -67,14 +67,14 @@ class TinyMemory(DevMemory):
         raise HoleError(self.name, address, errno.EFAULT)
 
 
-def dump_tiny(tmp_path, fmt, meta=ImageMeta(), bad=(), limit=0, patch=None):
+def dump_tiny(tmp_path, fmt, meta=NO_FACTS, bad=(), limit=0, patch=None):
     source = TinyMemory(Host(str(tmp_path)), bad, patch)
     path = tmp_path / f"tiny.{fmt}"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         sink = Sink(fd)
         writer = writer_for(fmt, sink, plan_regions(source.ranges(), limit), meta)
-        walk = StructuredWalk(source, writer, page_size=4096, read_size=1 << 20)
+        walk = RegionWalk(source, writer, page_size=4096, read_size=1 << 20)
         result = walk.run()
         sink.close()
     finally:
@@ -98,7 +98,7 @@ def test_lime_golden_bytes(tmp_path):
 
 def test_elf_golden_bytes(tmp_path):
     desc = b"OSRELEASE=6.1.0\n"  # 16 bytes: no padding after it
-    meta = ImageMeta(vmcoreinfo=desc, direct_map_base=0xFFFF888000000000)
+    meta = MachineFacts(vmcoreinfo=desc, direct_map_base=0xFFFF888000000000)
     image, _ = dump_tiny(tmp_path, "elf", meta)
     ident = b"\x7fELF" + bytes([2, 1, 1, 0]) + b"\0" * 8
     ehdr = ident + struct.pack("<HHIQQQIHHHHHH", 4, 62, 1, 0, 64, 0, 0, 64, 56, 3, 0, 0, 0)
@@ -162,12 +162,12 @@ def test_vmcoreinfo_read_through_the_source(tmp_path):
     (tmp_path / "sys" / "kernel").mkdir(parents=True)
     (tmp_path / "sys" / "kernel" / "vmcoreinfo").write_text(f"{0x1010:x} {len(note) + 64:x}\n")
     source = TinyMemory(Host(str(tmp_path)), patch={0x1010: note + bytes(64)})
-    meta, record = machine_meta(source)
-    assert meta.vmcoreinfo == desc and record["vmcoreinfo"] == "/sys/kernel/vmcoreinfo"
+    meta = host_facts(source)
+    assert meta.vmcoreinfo == desc and meta.record()["vmcoreinfo"] == "/sys/kernel/vmcoreinfo"
     assert meta.direct_map_base is None  # no /proc/kcore under this root
     source.bad = {0x1000}
     remarks = []
-    meta, record = machine_meta(source, lambda level, text: remarks.append(text))
+    meta = host_facts(source, lambda level, text: remarks.append(text))
     assert meta.vmcoreinfo is None and any("EIO" in text for text in remarks)
 
 
@@ -320,5 +320,5 @@ def test_bad_format_combinations_are_one_line(machine_root, capfdbinary, tmp_pat
 def test_emulator_source_on_the_real_root_reads_no_host_files(capfdbinary, tmp_path):
     """The built-in emulator is a made-up machine: its ELF must not borrow the real host's kcore."""
     source = EmulatedMemory()
-    meta, record = machine_meta(source)
-    assert meta == ImageMeta() and record == {"vmcoreinfo": None, "direct_map_base": None}
+    meta = source.machine_facts()
+    assert meta == NO_FACTS and meta.record() == {"vmcoreinfo": None, "direct_map_base": None}

@@ -9,7 +9,8 @@ import pytest
 from memdump.host import Host
 from memdump.sources import probe_all
 from memdump.sources.base import LIMITED, UNUSABLE, USABLE
-from memdump.sources.devmem import DevMem, KMem
+from memdump.sources.devmem import DevMem
+from memdump.sources.kmem import KMem
 
 IOMEM = "00001000-0009fbff : System RAM\n00100000-1ffd9fff : System RAM\n  01000000-01ffffff : Kernel code\n"
 

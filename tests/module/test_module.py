@@ -12,7 +12,9 @@ import pytest
 from conftest import REPO, run_main
 from emulator.machine import Machine
 from emulator.rootfs import write_root
-from memdump import module_cli
+from memdump.module import files as module_files
+from memdump.module import kernel as module_kernel
+from memdump.module import status as module_status
 from memdump.errors import UsageError
 from memdump.host import Host
 
@@ -64,14 +66,14 @@ class FakeKernel:
     def load(self, path):
         FakeKernel.calls.append(("load", path))
         if self.refuse_load:
-            raise module_cli.ModuleError(f"load {path}: {self.refuse_load}")
+            raise module_files.ModuleError(f"load {path}: {self.refuse_load}")
         os.makedirs(os.path.join(self.root, "sys/module/memdump"))
         os.link(os.path.join(self.root, "dev/mem"), os.path.join(self.root, "dev/memdump"))
 
     def unload(self):
         FakeKernel.calls.append(("unload",))
         if self.refuse_unload:
-            raise module_cli.ModuleError("unload memdump: in use (a reader has /dev/memdump open)")
+            raise module_files.ModuleError("unload memdump: in use (a reader has /dev/memdump open)")
         os.rmdir(os.path.join(self.root, "sys/module/memdump"))
         os.unlink(os.path.join(self.root, "dev/memdump"))
 
@@ -80,7 +82,7 @@ class FakeKernel:
 def kernel(monkeypatch):
     FakeKernel.calls = []
     options: dict = {}
-    monkeypatch.setattr(module_cli, "make_kernel", lambda host: FakeKernel(host, **options))
+    monkeypatch.setattr(module_kernel, "make_kernel", lambda host: FakeKernel(host, **options))
     return options
 
 
@@ -177,7 +179,7 @@ def test_without_a_path_the_installed_module_is_loaded(machine_root, kernel, tmp
 
 def test_without_a_path_or_a_module_it_says_what_to_do(machine_root, kernel, monkeypatch, tmp_path, capfdbinary):
     root, _ = machine_root
-    monkeypatch.setattr(module_cli, "candidate_source_dirs", lambda: [tmp_path / "nowhere"])
+    monkeypatch.setattr(module_files, "candidate_source_dirs", lambda: [tmp_path / "nowhere"])
     code, out, err = run_main(capfdbinary, "--root", str(root), "--load-module", "-s", "64k")
     assert code == 1 and out == b""
     assert f"no memdump.ko for this kernel ({RELEASE})" in err and "memdump module build" in err
@@ -187,7 +189,7 @@ def test_a_module_built_in_the_sources_is_found(machine_root, kernel, monkeypatc
     root, _ = machine_root
     sources = kmod_copy(tmp_path)
     fake_ko(sources / "memdump.ko")
-    monkeypatch.setattr(module_cli, "candidate_source_dirs", lambda: [sources])
+    monkeypatch.setattr(module_files, "candidate_source_dirs", lambda: [sources])
     code, out, err = run_main(capfdbinary, "--root", str(root), "--load-module", "-s", "64k")
     assert code == 0, err
     assert FakeKernel.calls[0] == ("load", str(sources / "memdump.ko"))
@@ -195,7 +197,7 @@ def test_a_module_built_in_the_sources_is_found(machine_root, kernel, monkeypatc
 
 def test_the_real_kernel_interface_refuses_a_redirected_root(tmp_path):
     with pytest.raises(UsageError, match="--root"):
-        module_cli.Kernel(Host(str(tmp_path)))
+        module_kernel.Kernel(Host(str(tmp_path)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,7 +235,7 @@ def status(capfd, root, *extra):
 
 def test_status_of_a_machine_without_the_module(machine_root, monkeypatch, tmp_path, capfdbinary):
     root, _ = machine_root
-    monkeypatch.setattr(module_cli, "candidate_source_dirs", lambda: [tmp_path / "nowhere"])
+    monkeypatch.setattr(module_files, "candidate_source_dirs", lambda: [tmp_path / "nowhere"])
     rows = status(capfdbinary, root)
     assert rows == {"kernel": RELEASE, "module": "not loaded", "device": "/dev/memdump missing",
                     "installed": f"none for {RELEASE}", "sources": "not found (pass --source-dir DIR)",
@@ -264,11 +266,11 @@ def test_device_status_wants_a_root_only_character_device(monkeypatch):
     class St:
         st_mode, st_rdev, st_uid, st_gid = stat.S_IFCHR | 0o400, os.makedev(10, 123), 0, 0
 
-    monkeypatch.setattr(module_cli.os, "stat", lambda path: St)
-    line, good = module_cli.device_status(Host())
+    monkeypatch.setattr(module_status.os, "stat", lambda path: St)
+    line, good = module_status.device_status(Host())
     assert good and line == "/dev/memdump character device 10:123, mode 0400, owner 0:0 (ok)"
     St.st_mode = stat.S_IFCHR | 0o444
-    assert module_cli.device_status(Host())[1] is False
+    assert module_status.device_status(Host())[1] is False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -353,12 +355,12 @@ def test_build_errors_are_one_line(fake_make, tmp_path, capfdbinary, monkeypatch
 
 def test_sources_are_found_next_to_the_package():
     """In a checkout (or an editable install) kmod/ sits beside the memdump package."""
-    assert module_cli.find_source_dir() == module_cli.candidate_source_dirs()[0]
-    assert module_cli.find_source_dir() == __import__("pathlib").Path(REPO) / "kmod"
+    assert module_files.find_source_dir() == module_files.candidate_source_dirs()[0]
+    assert module_files.find_source_dir() == __import__("pathlib").Path(REPO) / "kmod"
 
 
 def test_no_sources_anywhere_says_source_dir(monkeypatch, tmp_path, capfdbinary):
-    monkeypatch.setattr(module_cli, "candidate_source_dirs", lambda: [tmp_path / "a", tmp_path / "b"])
+    monkeypatch.setattr(module_files, "candidate_source_dirs", lambda: [tmp_path / "a", tmp_path / "b"])
     code, out, err = run_main(capfdbinary, "module", "build", "--kver", "6.1.0-56-amd64")
     assert code == 1 and "pip installs only the Python packages" in err and "--source-dir" in err
 
@@ -368,9 +370,9 @@ def test_no_sources_anywhere_says_source_dir(monkeypatch, tmp_path, capfdbinary)
 
 
 def test_modinfo_reads_vermagic_and_version(tmp_path):
-    info = module_cli.modinfo(fake_ko(tmp_path / "m.ko"))
+    info = module_files.modinfo(fake_ko(tmp_path / "m.ko"))
     assert info["vermagic"].split()[0] == RELEASE and info["version"] == "0.1.0"
-    assert module_cli.built_for(tmp_path / "m.ko") == RELEASE
+    assert module_files.built_for(tmp_path / "m.ko") == RELEASE
 
 
 def test_modinfo_of_compressed_modules(tmp_path):
@@ -379,16 +381,16 @@ def test_modinfo_of_compressed_modules(tmp_path):
     raw = (tmp_path / "m.ko")
     fake_ko(raw)
     (tmp_path / "m.ko.xz").write_bytes(lzma.compress(raw.read_bytes()))
-    assert module_cli.built_for(tmp_path / "m.ko.xz") == RELEASE
+    assert module_files.built_for(tmp_path / "m.ko.xz") == RELEASE
 
 
 def test_load_failure_reasons():
     host = Host()
     import errno
 
-    assert "signed" in module_cli.load_failure(errno.EKEYREJECTED, "/x.ko", host)
-    assert "CAP_SYS_MODULE" in module_cli.load_failure(errno.EPERM, "/x.ko", host)
-    assert "already loaded" in module_cli.load_failure(errno.EEXIST, "/x.ko", host)
+    assert "signed" in module_kernel.load_failure(errno.EKEYREJECTED, "/x.ko", host)
+    assert "CAP_SYS_MODULE" in module_kernel.load_failure(errno.EPERM, "/x.ko", host)
+    assert "already loaded" in module_kernel.load_failure(errno.EEXIST, "/x.ko", host)
 
 
 def test_module_load_passes_parameters(machine_root, monkeypatch, tmp_path, capfdbinary):
@@ -400,7 +402,7 @@ def test_module_load_passes_parameters(machine_root, monkeypatch, tmp_path, capf
             seen.append((path, params))
             super().load(path)
 
-    monkeypatch.setattr(module_cli, "make_kernel", lambda host: ParamKernel(host))
+    monkeypatch.setattr(module_kernel, "make_kernel", lambda host: ParamKernel(host))
     ko = fake_ko(tmp_path / "memdump.ko")
     code, out, err = run_main(capfdbinary, "module", "load", ko, "allow_unsafe_copy=1", "--root", str(root))
     assert seen == [(ko, ("allow_unsafe_copy=1",))] and f"loaded {ko} allow_unsafe_copy=1" in out.decode()
