@@ -166,3 +166,50 @@ def test_from_bundle_names_the_missing_file(tmp_path, name, words):
 def test_from_bundle_not_a_directory(tmp_path):
     with pytest.raises(MissingInput, match="no such bundle directory"):
         from_bundle(str(tmp_path / "absent"))
+
+
+# -- KASLR: the ISF holds addresses as linked, Volatility adds the shift it finds ----------------
+
+MOVED = 0x1D000000  # a KASLR offset: a multiple of 2 MiB
+
+
+def moved_kallsyms(offset=MOVED, text=0xFFFFFFFF81000000):
+    lines = [
+        f"{text + offset:016x} T _text",
+        f"{0xFFFFFFFF82000000 + offset:016x} D linux_banner",
+        f"{0xFFFFFFFF82600000 + offset:016x} D init_task",
+        "000000000001a000 D runqueues",  # a per-CPU offset: KASLR does not move it
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def test_kaslr_offset_is_taken_off_kernel_image_addresses():
+    from memdump.symbols import build_isf
+
+    isf = build_isf(small_btf(), moved_kallsyms(), BANNER)
+    symbols = isf["symbols"]
+    assert symbols["_text"]["address"] == 0xFFFFFFFF81000000
+    assert symbols["init_task"]["address"] == 0xFFFFFFFF82600000
+    assert symbols["linux_banner"]["address"] == 0xFFFFFFFF82000000
+    assert symbols["runqueues"]["address"] == 0x1A000
+
+
+def test_vmcoreinfo_kerneloffset_wins_over_the_derived_one():
+    from memdump.symbols import build_isf
+
+    # _text says 0x1d000000, VMCOREINFO says 0x1c000000 (a kernel linked 16 MiB higher)
+    info = "OSRELEASE=6.1.0\nKERNELOFFSET=1c000000\nSYMBOL(swapper_pg_dir)=ffffffff9f60a000\n"
+    isf = build_isf(small_btf(), moved_kallsyms(), BANNER, vmcoreinfo=info)
+    assert isf["symbols"]["_text"]["address"] == 0xFFFFFFFF82000000
+    assert isf["symbols"]["swapper_pg_dir"]["address"] == 0xFFFFFFFF9F60A000 - 0x1C000000
+    explicit = build_isf(small_btf(), moved_kallsyms(), BANNER, vmcoreinfo=info, kaslr_offset=MOVED)
+    assert explicit["symbols"]["_text"]["address"] == 0xFFFFFFFF81000000
+
+
+def test_unexplainable_text_address_is_refused():
+    from memdump.symbols import build_isf
+    from memdump.symbols.errors import SymbolsError
+
+    with pytest.raises(SymbolsError, match="KERNELOFFSET") as caught:
+        build_isf(small_btf(), moved_kallsyms(offset=0x1234000), BANNER)
+    assert "\n" not in str(caught.value)
