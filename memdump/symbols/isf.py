@@ -33,7 +33,7 @@ import base64
 import hashlib
 import re
 from dataclasses import dataclass
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 import memdump
 from memdump.symbols import btf as btf_mod
@@ -312,7 +312,7 @@ class _Builder:
         # (name, is_union) -> the ISF name a FWD of that kind and name refers to
         self.forward_targets: Dict[Tuple[str, bool], str] = {}
         self._signatures: Dict[int, str] = {}
-        self._in_progress: set = set()
+        self._in_progress: Set[int] = set()
 
     # -- entry ------------------------------------------------------------------------------
 
