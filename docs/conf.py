@@ -5,7 +5,7 @@ Both are built from this directory:
     python3 -m sphinx -W --keep-going -b html docs docs/_build/html
     python3 -m sphinx -W --keep-going -b man  docs docs/_build/man
 
-The command-line reference is generated from the click definitions in ``memdump/cli.py`` (and
+The command-line reference is generated from the click definitions in ``memdump/cli/`` (and
 ``emulator/cli.py``) by sphinx-click, so it follows the code; ``check_cli_reference.py`` checks
 that every option made it into the built site.
 """

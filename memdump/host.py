@@ -11,8 +11,10 @@ import gzip
 import os
 import re
 from dataclasses import dataclass
+from typing import Optional
 
 from memdump.errors import UsageError
+from memdump.iomem import Iomem
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,11 @@ class Host:
             return None
 
     # -- kernel facts -------------------------------------------------------------------------
+
+    def iomem(self) -> Optional[Iomem]:
+        """/proc/iomem parsed, or None when it cannot be read (IomemError when it is garbled)."""
+        text = self.read_text("/proc/iomem")
+        return Iomem.parse(text) if text is not None else None
 
     def kernel_release(self) -> str:
         text = self.read_text("/proc/sys/kernel/osrelease")

@@ -62,6 +62,15 @@ def open_output(path: str, what: str = "-o") -> int:
         raise UsageError(f"{what} {path}: {exc.strerror}") from None
 
 
+def _seekable_not_appending(fd: int) -> bool:
+    """Whether a padded image's holes may be seeks on ``fd`` (not O_APPEND, and seekable)."""
+    try:
+        appending = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND
+        return not appending and os.lseek(fd, 0, os.SEEK_CUR) >= 0
+    except OSError:
+        return False
+
+
 def usable_cpus() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -182,6 +191,8 @@ class Sink:
         self.is_pipe = stat.S_ISFIFO(mode)
         self.is_file = stat.S_ISREG(mode)
         self.is_terminal = os.isatty(fd)
+        self.sparse = self.is_file and _seekable_not_appending(fd)
+        self._skipped = False  # a skip has moved the offset past the last byte written
         # Zero-copy skips userspace, so only when nothing has to see the bytes.
         self.zero_copy = not self.hashers
         if self.is_pipe:
@@ -265,20 +276,9 @@ class Sink:
         self.written += count
         self._skipped = True
 
-    @property
-    def sparse(self) -> bool:
-        """Whether ``skip`` may seek: a regular file not opened for appending."""
-        if not hasattr(self, "_sparse"):
-            try:
-                appending = fcntl.fcntl(self.fd, fcntl.F_GETFL) & os.O_APPEND
-                self._sparse = self.is_file and not appending and os.lseek(self.fd, 0, os.SEEK_CUR) >= 0
-            except OSError:
-                self._sparse = False
-        return self._sparse
-
     def end_sparse(self) -> None:
         """Give a file that ends in skipped bytes its full length (a seek alone writes nothing)."""
-        if getattr(self, "_skipped", False):
+        if self._skipped:
             try:
                 os.ftruncate(self.fd, os.lseek(self.fd, 0, os.SEEK_CUR))
             except OSError as exc:

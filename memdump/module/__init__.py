@@ -7,12 +7,27 @@ unload it again (``module_loaded``, the dump's ``--load-module``).  The command 
 this is ``memdump.cli.module``, imported only when it is used.
 """
 
-from memdump.module.build import build
-from memdump.module.files import (DEVICE, MODULE, SYSFS, ModuleError, built_for, find_source_dir,
-                                  installed_module, modinfo, module_for_running_kernel)
-from memdump.module.kernel import Kernel, load, make_kernel, module_loaded
-from memdump.module.status import device_status, status_lines
+_EXPORTS = {
+    "build": "memdump.module.build",
+    "DEVICE": "memdump.module.names", "MODULE": "memdump.module.names", "SYSFS": "memdump.module.names",
+    "ModuleError": "memdump.module.files", "built_for": "memdump.module.files",
+    "find_source_dir": "memdump.module.files", "installed_module": "memdump.module.names",
+    "modinfo": "memdump.module.files", "module_for_running_kernel": "memdump.module.files",
+    "Kernel": "memdump.module.kernel", "load": "memdump.module.kernel",
+    "make_kernel": "memdump.module.kernel", "module_loaded": "memdump.module.kernel",
+    "device_status": "memdump.module.status", "status_lines": "memdump.module.status",
+}
+__all__ = sorted(_EXPORTS)
 
-__all__ = ["DEVICE", "MODULE", "SYSFS", "Kernel", "ModuleError", "build", "built_for",
-           "device_status", "find_source_dir", "installed_module", "load", "make_kernel", "modinfo",
-           "module_for_running_kernel", "module_loaded", "status_lines"]
+
+def __getattr__(name):
+    # loaded on first use: the kmod source needs the module's file names on every dump, not
+    # the build, load and status code
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'memdump.module' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -17,10 +17,8 @@ from typing import Dict, List, Optional
 
 from memdump.errors import MemdumpError, UsageError
 from memdump.host import Host
+from memdump.module.names import DEVICE, MODULE, SYSFS, installed_module  # noqa: F401
 
-MODULE = "memdump"
-DEVICE = "/dev/memdump"
-SYSFS = f"/sys/module/{MODULE}"
 KMOD_FILES = ("Kbuild", "Makefile", "memdump_main.c")
 COMPRESSED = (".xz", ".gz", ".zst")
 # the checkout (or editable install) this package sits in
@@ -74,17 +72,6 @@ def built_for(path: str | os.PathLike) -> str:
     """The kernel release a module was built for (the first word of its vermagic)."""
     vermagic = modinfo(path).get("vermagic", "")
     return vermagic.split()[0] if vermagic.split() else "?"
-
-
-def installed_module(host: Host, release: str | None = None) -> str | None:
-    """An installed memdump.ko for ``release`` (default: the running kernel), from modules.dep."""
-    release = release or host.kernel_release()
-    text = host.read_text(f"/lib/modules/{release}/modules.dep")
-    for line in (text or "").splitlines():
-        path = line.split(":", 1)[0]
-        if os.path.basename(path).split(".ko")[0] == MODULE:
-            return f"/lib/modules/{release}/{path}"
-    return None
 
 
 def candidate_source_dirs() -> list[Path]:

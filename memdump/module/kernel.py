@@ -13,10 +13,11 @@ import os
 import subprocess
 import time
 from contextlib import contextmanager
-from typing import Callable, Iterator, Optional, Tuple
+from typing import Iterator, Optional, Tuple
 
 from memdump.errors import MemdumpError, UsageError
 from memdump.host import Host
+from memdump.remarks import Remark, no_remark
 from memdump.module.files import (COMPRESSED, DEVICE, MODULE, SYSFS, ModuleError, built_for,
                                   module_for_running_kernel)
 
@@ -159,7 +160,7 @@ def load(host: Host, path: str | None, source_dir: str | None = None,
 
 @contextmanager
 def module_loaded(host: Host, path: Optional[str],
-                  remark: Callable[[int, str], None] = lambda level, text: None) -> Iterator[None]:
+                  remark: Remark = no_remark) -> Iterator[None]:
     """``--load-module [PATH]``: the module is loaded while the body runs; unloaded after it
     only when this call loaded it. ``remark(level, text)``: level 1 says what was done, level 0
     warns that an unload failed."""

@@ -2,7 +2,8 @@
 
 ``open_source`` chooses and opens one before the first byte is written; ``probe_all`` says which
 work here and why the others do not. To add a source: a module with a ``DevMemory`` subclass
-decorated with ``@register``, and its name in ``registry.SOURCE_MODULES``.
+decorated with ``@register`` (and, for one shipped with memdump, its module in
+``registry.SOURCE_MODULES``, so it is imported only when asked for).
 """
 
 from memdump.sources.base import LIMITED, UNUSABLE, USABLE, DevMemory, Hole, Probe, ProbeStatus

@@ -19,7 +19,7 @@ from typing import ClassVar, List, Optional, Tuple
 from memdump.errors import HoleError, SourceUnavailable
 from memdump.facts import NO_FACTS, MachineFacts
 from memdump.host import Host
-from memdump.iomem import Iomem, Range
+from memdump.iomem import Range
 from memdump.remarks import Remark, no_remark
 
 
@@ -197,10 +197,9 @@ def open_failure(path: str, exc: OSError) -> str:
 
 def iomem_ram(host: Host, source: str) -> List[Range]:
     """System RAM ranges from the host's /proc/iomem, or SourceUnavailable saying why not."""
-    text = host.read_text("/proc/iomem")
-    if text is None:
+    iomem = host.iomem()
+    if iomem is None:
         raise SourceUnavailable(source, "cannot read /proc/iomem")
-    iomem = Iomem.parse(text)
     if iomem.addresses_hidden:
         raise SourceUnavailable(
             source, "/proc/iomem shows zero addresses: reading it needs CAP_SYS_ADMIN (run as root)")

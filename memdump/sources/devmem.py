@@ -7,7 +7,7 @@ import os
 
 from memdump.errors import SourceUnavailable
 from memdump.host import Host
-from memdump.iomem import Iomem, Range
+from memdump.iomem import Range
 from memdump.sources.base import LIMITED, UNUSABLE, USABLE, Probe, iomem_ram, open_failure
 from memdump.sources.physical import PhysicalRamDevice
 from memdump.sources.registry import register
@@ -70,6 +70,6 @@ class DevMem(PhysicalRamDevice):
 
     def scan_end(self) -> int:
         """The end of the highest published resource, else of RAM: a blind scan stops there."""
-        text = self.host.read_text("/proc/iomem")
-        ends = [r.end for r in Iomem.parse(text).walk()] if text else []
+        iomem = self.host.iomem()
+        ends = [r.end for r in iomem.walk()] if iomem else []
         return max(ends + [self._ram[-1].end])

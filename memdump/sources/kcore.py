@@ -20,7 +20,7 @@ from memdump import elf64
 from memdump.errors import HoleError, MemdumpError, SourceUnavailable
 from memdump.facts import MachineFacts
 from memdump.host import Host
-from memdump.iomem import Iomem, Range, intersect_ranges, merge_ranges, subtract_ranges
+from memdump.iomem import Range, intersect_ranges, merge_ranges, subtract_ranges
 from memdump.remarks import Remark, no_remark
 from memdump.sources.base import UNUSABLE, USABLE, DevMemory, Hole, Probe, open_failure
 from memdump.sources.registry import register
@@ -79,9 +79,8 @@ class KcoreLayout:
                     notes += elf64.parse_notes(read_at(seg.offset, seg.filesz))
                 except OSError:
                     pass
-        text = host.read_text("/proc/iomem")
-        iomem = Iomem.parse(text) if text else None
-        ram = iomem.ram_ranges() if iomem and not iomem.addresses_hidden else None
+        iomem = host.iomem()
+        ram = iomem.ram_ranges() if iomem and iomem.resources and not iomem.addresses_hidden else None
         return cls(segments, notes, ram)
 
     def _physical_addresses(self) -> list[int | None]:

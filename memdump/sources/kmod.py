@@ -22,7 +22,7 @@ import stat
 
 from memdump.errors import SourceUnavailable
 from memdump.host import Host
-from memdump.module.files import DEVICE, MODULE, SYSFS, installed_module
+from memdump.module.names import DEVICE, MODULE, SYSFS, installed_module
 from memdump.sources.base import UNUSABLE, USABLE, Probe, iomem_ram
 from memdump.sources.physical import PhysicalRamDevice
 from memdump.sources.registry import register

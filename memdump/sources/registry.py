@@ -8,21 +8,22 @@ fallback once bytes are out.
 from __future__ import annotations
 
 import importlib
-from typing import Callable, Dict, List, Tuple, Type
+from typing import Callable, Dict, List, Optional, Tuple, Type
 
 from memdump.errors import SourceUnavailable, UsageError
 from memdump.host import Host
 from memdump.sources.base import LIMITED, UNUSABLE, USABLE, DevMemory, Probe
 
 _SOURCES: Dict[str, Type[DevMemory]] = {}
-#: the order ``auto`` tries, physical memory and kernel memory (-k); only registered names count
+#: the order ``auto`` tries, physical memory and kernel memory (-k)
 AUTO_PHYSICAL = ("kmod", "devmem", "kcore")
 AUTO_KERNEL = ("kmem", "kcore")
-#: modules that register the sources shipped with memdump, imported on first use; a module that
-#: is absent (a build without the emulator) is left out, and so are its sources
-SOURCE_MODULES = ("memdump.sources.kmod", "memdump.sources.devmem", "memdump.sources.kmem",
-                  "memdump.sources.kcore", "emulator.device")
-_loaded = False
+#: where the sources shipped with memdump register themselves, imported only when one is asked
+#: for (a dump pays for the sources it probes, not for all of them); a module that is absent
+#: (a build without the emulator) takes its source out of the list
+SOURCE_MODULES = {"kmod": "memdump.sources.kmod", "devmem": "memdump.sources.devmem",
+                  "kmem": "memdump.sources.kmem", "kcore": "memdump.sources.kcore",
+                  "emulator": "emulator.device"}
 
 
 def register(cls: Type[DevMemory]) -> Type[DevMemory]:
@@ -31,45 +32,42 @@ def register(cls: Type[DevMemory]) -> Type[DevMemory]:
     return cls
 
 
-def _load() -> None:
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        for module in SOURCE_MODULES:
-            try:
-                importlib.import_module(module)
-            except ImportError as exc:
-                absent = exc.name and (module == exc.name or module.startswith(exc.name + "."))
-                if not absent:  # present but broken: that is a bug, not an absence
-                    raise
-
-
-def _rank(name: str) -> int:
-    """Sources shipped with memdump come in SOURCE_MODULES' order, others after them."""
-    module = _SOURCES[name].__module__
-    return SOURCE_MODULES.index(module) if module in SOURCE_MODULES else len(SOURCE_MODULES)
-
-
 def names() -> Tuple[str, ...]:
-    """Every registered source: memdump's own in SOURCE_MODULES' order, then the others in the
-    order they registered."""
-    _load()
-    return tuple(sorted(_SOURCES, key=_rank))
+    """Every source: memdump's own in SOURCE_MODULES' order, then any registered besides."""
+    return tuple(SOURCE_MODULES) + tuple(n for n in _SOURCES if n not in SOURCE_MODULES)
+
+
+def _find(name: str) -> Optional[Type[DevMemory]]:
+    """The class registered as ``name``, importing its module first if it ships with memdump;
+    None when that module is absent."""
+    if name not in _SOURCES and name in SOURCE_MODULES:
+        module = SOURCE_MODULES[name]
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            absent = exc.name and (module == exc.name or module.startswith(exc.name + "."))
+            if not absent:  # present but broken: that is a bug, not an absence
+                raise
+            return None
+    return _SOURCES.get(name)
 
 
 def source_class(name: str) -> Type[DevMemory]:
-    _load()
-    try:
-        return _SOURCES[name]
-    except KeyError:
-        raise UsageError(f"unknown source {name!r} (choose from auto, {', '.join(names())})") from None
+    cls = _find(name)
+    if cls is not None:
+        return cls
+    if name in SOURCE_MODULES:
+        raise UsageError(f"source {name!r} is not part of this build of memdump")
+    raise UsageError(f"unknown source {name!r} (choose from auto, {', '.join(names())})")
 
 
 def probe_all(host: Host, kernel: bool = False) -> List[Probe]:
     """Every source's verdict on ``host``."""
     probes = []
     for name in names():
-        cls = _SOURCES[name]
+        cls = _find(name)
+        if cls is None:
+            continue
         try:
             probes.append(cls.probe(host, kernel))
         except Exception as exc:  # a probe must never take the tool down; say what happened
@@ -81,10 +79,9 @@ def open_source(name: str, host: Host, kernel: bool = False,
                 warn: Callable[[str], None] = lambda text: None) -> DevMemory:
     """Open ``name`` (or the first usable source for ``auto``) before any output is written."""
     if name == "auto":
-        _load()
         probes = []
         for candidate in AUTO_KERNEL if kernel else AUTO_PHYSICAL:
-            cls = _SOURCES.get(candidate)
+            cls = _find(candidate)
             if cls is None or not cls.automatic:
                 continue
             probe = cls.probe(host, kernel)

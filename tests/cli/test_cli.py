@@ -13,7 +13,7 @@ from conftest import REPO, expected_ram_walk, map_lines, run_main, run_subproces
 
 
 def test_first_mib_and_map_equal_the_truth(plain_root, capfdbinary):
-    """The issue's yardstick: memdump -s 1m -m - --root DIR."""
+    """The first MiB and its map on stderr: memdump -s 1m -m - --root DIR."""
     root, machine = plain_root
     code, out, err = run_main(capfdbinary, "-s", "1m", "-m", "-", "--root", root)
     want_data, want_regions = expected_ram_walk(machine, limit=1 << 20)

@@ -10,7 +10,7 @@ import pytest
 from memdump.errors import HoleError
 from memdump.host import Host
 from memdump.sources.base import UNUSABLE, USABLE
-from memdump.module.files import installed_module
+from memdump.module.names import installed_module
 from memdump.sources.kmod import KmodMemory
 
 IOMEM = "00001000-0009fbff : System RAM\n00100000-001fffff : System RAM\n"
