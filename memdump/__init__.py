@@ -21,6 +21,8 @@ first use, so ``import memdump`` costs the command line nothing.
 
 __version__ = "0.1.0"
 
+from memdump.lazy import lazy_exports
+
 _EXPORTS = {
     "acquire": "memdump.acquire",
     "DumpOptions": "memdump.acquire",
@@ -42,15 +44,7 @@ _EXPORTS = {
 __all__ = ["__version__", *_EXPORTS]
 
 
-def __getattr__(name):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'memdump' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports("memdump", globals(), _EXPORTS)
 
 
 def __dir__():

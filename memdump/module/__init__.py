@@ -7,6 +7,8 @@ unload it again (``module_loaded``, the dump's ``--load-module``).  The command 
 this is ``memdump.cli.module``, imported only when it is used.
 """
 
+from memdump.lazy import lazy_exports
+
 _EXPORTS = {
     "build": "memdump.module.build",
     "DEVICE": "memdump.module.names", "MODULE": "memdump.module.names", "SYSFS": "memdump.module.names",
@@ -20,14 +22,6 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name):
-    # loaded on first use: the kmod source needs the module's file names on every dump, not
-    # the build, load and status code
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'memdump.module' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+# loaded on first use: the kmod source needs the module's file names on every dump, not
+# the build, load and status code
+__getattr__ = lazy_exports("memdump.module", globals(), _EXPORTS)
