@@ -48,9 +48,10 @@ SIZE = SizeType()
 
 
 class Commands(click.Group):
-    """The subcommands; ``module`` is imported only when it is asked for (or listed in --help)."""
+    """The subcommands; those in LAZY are imported only when asked for (or listed in --help)."""
 
-    LAZY = {"module": ("memdump.cli.module", "module_command")}
+    LAZY = {"module": ("memdump.cli.module", "module_command"),
+            "symbols": ("memdump.cli.symbols", "symbols_command")}
 
     def list_commands(self, ctx):
         return sorted(set(super().list_commands(ctx)) | set(self.LAZY))
