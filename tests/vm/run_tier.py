@@ -304,7 +304,7 @@ JOBS: list[Job] = [
 CALIBRATION_SIZES = (16, 144)  # MiB: two points give the start-up cost and the per-byte cost
 LIMIT_MARGIN = 8.0             # a job may take this many times its predicted time: small dumps
                                # run faster per byte than whole-RAM ones (measured 2-3.5x)
-LIMIT_FLOOR = 180.0            # seconds, whatever the prediction
+LIMIT_FLOOR = 300.0            # seconds, whatever the prediction
 UNCALIBRATED_LIMIT = 1800.0    # per job when the calibration itself failed
 BOOT_LIMIT = 900.0             # boot to the first sentinel after it (calibration included)
 STEP_SLACK = 300.0             # host-side allowance beyond a guest-side limit (pre/post steps)
