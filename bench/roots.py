@@ -11,6 +11,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
+import time
+from dataclasses import dataclass
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
@@ -20,6 +23,7 @@ from emulator.machine import ONE_MIB, Machine  # noqa: E402
 from emulator.rootfs import TRUTH, write_root  # noqa: E402
 
 SPARSE_STRIDE = ONE_MIB  # one written page per MiB of RAM
+SHM = "/dev/shm"
 
 
 def dense(path: str, ram: int, seed: int = 1) -> dict:
@@ -47,6 +51,65 @@ def sparse(path: str, ram: int, seed: int = 1) -> dict:
         json.dump(truth, handle, indent=1)
         handle.write("\n")
     return truth
+
+
+
+@dataclass
+class Machines:
+    """The timed machine (``root``, its ``truth`` and dev/mem ``image``) and the sparse one for
+    peak memory (``big_root``)."""
+
+    root: str
+    truth: dict
+    image: str
+    ram_bytes: int
+    big_root: str
+    big_ram: int
+
+
+def ram_size(truth: dict) -> int:
+    return sum(end - start for start, end in truth["ram"])
+
+
+def sparse_parent(work: str, chosen_work: bool, made: list[str]) -> str:
+    """Where the sparse machine goes. Its holes would fill the page cache with zeros when read
+    from a disk file system (8 GiB of them); tmpfs serves holes from the zero page, so it goes
+    there when it can -- unless the caller chose the work directory. Directories made here are
+    added to ``made`` (for removal)."""
+    if not chosen_work and os.path.isdir(SHM) and os.access(SHM, os.W_OK):
+        parent = tempfile.mkdtemp(prefix="memdump-bench-", dir=SHM)
+        made.append(parent)
+        return parent
+    return work
+
+
+def warm(path: str) -> float:
+    """Read a file once (into the page cache); returns the seconds it took."""
+    start = time.perf_counter()
+    with open(path, "rb", buffering=0) as handle:
+        while handle.read(16 * ONE_MIB):
+            pass
+    return time.perf_counter() - start
+
+
+def prepare(work: str, ram: int, big: int, chosen_work: bool, made: list[str], say) -> Machines:
+    """Write both machines and read the timed one's image twice, so that it sits in the page
+    cache: the disk is not what is measured."""
+    root = os.path.join(work, f"ram{ram >> 20}m")
+    began = time.perf_counter()
+    truth = dense(root, ram)
+    image = os.path.join(root, "dev", "mem")
+    ram_bytes = ram_size(truth)
+    say(f"machine: {len(truth['ram'])} RAM ranges, {ram_bytes} bytes of RAM, dev/mem {os.path.getsize(image)} "
+        f"bytes, written in {time.perf_counter() - began:.1f} s")
+    big_root = os.path.join(sparse_parent(work, chosen_work, made), f"ram{big >> 20}m-sparse")
+    big_truth = sparse(big_root, big)
+    big_ram = ram_size(big_truth)
+    say(f"sparse machine for peak memory: {len(big_truth['ram'])} RAM ranges, {big_ram} bytes of RAM, in {big_root}")
+    for _ in range(2):
+        cached = warm(image)
+    say(f"dev/mem read from the page cache in {cached:.2f} s ({os.path.getsize(image) / cached / 1e9:.1f} GB/s)")
+    return Machines(root, truth, image, ram_bytes, big_root, big_ram)
 
 
 if __name__ == "__main__":
