@@ -24,6 +24,7 @@ TARGETS = [
     ("padded >= 0.8x raw", "memdump-padded", "memdump", 0.8),
     ("lime >= 0.8x raw", "memdump-lime", "memdump", 0.8),
     ("elf >= 0.8x raw", "memdump-elf", "memdump", 0.8),
+    ("memdump read+write (no splice) >= 1.0x dd bs=1M over the same RAM ranges", "memdump-rw", "dd-ram", 1.0),
 ]
 RSS_LIMIT_MIB = 64
 RSS_SAME_MIB = 2  # "the same at 2 and 8 GiB": within this much
@@ -72,6 +73,11 @@ def render(record: dict) -> str:
                  else f"{check['value_mib']} MiB" if check.get("value_mib") is not None else "not measured")
         met = "–" if check["met"] is None else "yes" if check["met"] else "**no**"
         out.append(f"| {check['target']} | {value} | {met} |")
+    read_write = record.get("read_write_vs_dd")
+    if read_write:
+        out += ["", f"Read+write path (zero-copy refused, as on memdump's module device and /proc/kcore): "
+                f"memdump {read_write['memdump_gb_per_s']:.2f} GB/s, `dd bs=1M` over the same RAM ranges "
+                f"{read_write['dd_gb_per_s']:.2f} GB/s: {read_write['ratio']:.2f}×."]
     startup = record["startup_ms"]
     out += ["", f"Start-up: `python3 -c pass` {startup['python']:.0f} ms, `memdump -s 4k` "
             f"{startup['memdump_s_4k']:.0f} ms. Peak RSS floor of the measuring launcher: "
@@ -191,6 +197,21 @@ def print_targets(checks: list[dict]) -> None:
         value = f"{c['ratio']:.2f}x" if c.get("ratio") is not None else (
             f"{c['value_mib']} MiB" if c.get("value_mib") is not None else c.get("why", ""))
         say(f"  [{state}] {c['target']}: {value}")
+
+
+def read_write_vs_dd(variants: list) -> dict | None:
+    """The read()+write() path real devices take: memdump with zero-copy refused against dd bs=1M
+    over the same RAM ranges, measured side by side in the same rounds. Printed and returned for
+    the record (None when it was not measured)."""
+    by_key = {v.key: v for v in variants}
+    if "memdump-rw" not in by_key or "dd-ram" not in by_key:
+        return None
+    memdump, dd = by_key["memdump-rw"], by_key["dd-ram"]
+    ratio = memdump.gbps / dd.gbps
+    say(f"read+write path: memdump {memdump.gbps:.2f} GB/s, dd bs=1M {dd.gbps:.2f} GB/s over the same RAM ranges: "
+        f"{ratio:.2f}x")
+    return {"ratio": round(ratio, 2), "memdump_gb_per_s": round(memdump.gbps, 3), "dd_gb_per_s": round(dd.gbps, 3),
+            "memdump_median_s": round(memdump.median, 4), "dd_median_s": round(dd.median, 4)}
 
 
 def print_disturbance(variants: list, others: float, elapsed: float, notes: list[str]) -> None:

@@ -12,11 +12,12 @@ output must be (``expect``) is checked before anything is timed (see verify.py):
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import statistics
 import subprocess
 
-from environment import GB, PIN, PY, shell
+from environment import BENCH, GB, PIN, PY, shell
 
 ORIGINAL = "/usr/sbin/memdump"
 # The original always opens /dev/mem: give it the image there, in a mount namespace of its own.
@@ -98,7 +99,38 @@ def machine_limit_variants(image: str) -> list[Variant]:
             Variant("dd", "dd bs=1M", ["dd", f"if={image}", "bs=1M", "status=none"], expect="file")]
 
 
-def under_test(root: str, image: str, notes: list[str]) -> list[Variant]:
+def read_write_variants(root: str, image: str, ram: list[list[int]], shim: str) -> list[Variant]:
+    """The path every real dump takes: memdump's module device and /proc/kcore cannot splice or
+    sendfile, so memdump reads and writes. The shim refuses zero-copy calls the way such a device
+    does, and dd does the same reads over the same bytes: one ``dd bs=1M`` per RAM range, at the
+    range's offset in the image, in one shell. Both write exactly the RAM ranges (the truth's
+    digest), from the same page-cache pages at the same offsets, so the two differ only in how
+    each program moves them; a dd over the same byte count from offset 0 would read other pages
+    (the image's holes are sparse) and write other bytes."""
+    per_range = [f"dd if={shlex.quote(image)} bs=1M iflag=skip_bytes,count_bytes skip={start} "
+                 f"count={end - start} status=none" for start, end in ram]
+    return [Variant("memdump-rw", "memdump [no splice: read+write]", ["env", f"LD_PRELOAD={shim}"]
+                    + memdump_argv(root), expect="ram",
+                    note="sendfile/splice refused (LD_PRELOAD shim, bench/nosplice.c), as on memdump's "
+                         "module device and /proc/kcore: the read()+write() path"),
+            Variant("dd-ram", "dd bs=1M [RAM ranges]", ["sh", "-c", " && ".join(per_range)], expect="ram",
+                    note="one dd bs=1M per RAM range (skip/count in bytes), the same bytes memdump reads")]
+
+
+def build_nosplice(work: str) -> tuple[str | None, str]:
+    """Compile bench/nosplice.c into the work directory: (the shared object, or None and why not)."""
+    compiler = shutil.which("gcc")
+    if not compiler:
+        return None, "no gcc to build bench/nosplice.c: the read+write path is not measured"
+    shim = os.path.join(work, "nosplice.so")
+    built = subprocess.run([compiler, "-O2", "-shared", "-fPIC", "-o", shim, os.path.join(BENCH, "nosplice.c")],
+                           capture_output=True, text=True)
+    if built.returncode != 0:
+        return None, f"bench/nosplice.c did not build ({built.stderr.strip()[-200:]}): read+write path not measured"
+    return shim, ""
+
+
+def under_test(root: str, image: str, ram: list[list[int]], work: str, notes: list[str]) -> list[Variant]:
     """Every command of the timed table, in the table's order; why any was left out goes to
     ``notes``."""
     variants = memdump_variants(root)
@@ -107,7 +139,13 @@ def under_test(root: str, image: str, notes: list[str]) -> list[Variant]:
         notes.append(f"original memdump skipped: {why_not}")
     else:
         variants += original_variants(image)
-    return variants + machine_limit_variants(image)
+    variants += machine_limit_variants(image)
+    shim, why_not = build_nosplice(work)
+    if shim:
+        variants += read_write_variants(root, image, ram, shim)
+    else:
+        notes.append(why_not)
+    return variants
 
 
 def read_size_sweep(name: str, base_argv: list[str]) -> list[Variant]:
