@@ -208,10 +208,17 @@ def read_write_vs_dd(variants: list) -> dict | None:
         return None
     memdump, dd = by_key["memdump-rw"], by_key["dd-ram"]
     ratio = memdump.gbps / dd.gbps
+    # Both write the same bytes, so a round's ratio is dd's seconds over memdump's. The two run
+    # one after the other in every round: the median of these per-round ratios is less moved by
+    # a machine whose speed drifts from round to round than the ratio of the two medians.
+    per_round = [d / m for m, d in zip(memdump.seconds, dd.seconds)]
     say(f"read+write path: memdump {memdump.gbps:.2f} GB/s, dd bs=1M {dd.gbps:.2f} GB/s over the same RAM ranges: "
-        f"{ratio:.2f}x")
+        f"{ratio:.2f}x (per round: {' '.join(f'{r:.2f}' for r in per_round)}; "
+        f"median {statistics.median(per_round):.2f}x)")
     return {"ratio": round(ratio, 2), "memdump_gb_per_s": round(memdump.gbps, 3), "dd_gb_per_s": round(dd.gbps, 3),
-            "memdump_median_s": round(memdump.median, 4), "dd_median_s": round(dd.median, 4)}
+            "memdump_median_s": round(memdump.median, 4), "dd_median_s": round(dd.median, 4),
+            "per_round_ratios": [round(r, 3) for r in per_round],
+            "median_per_round_ratio": round(statistics.median(per_round), 3)}
 
 
 def print_disturbance(variants: list, others: float, elapsed: float, notes: list[str]) -> None:
