@@ -16,6 +16,7 @@ from memdump.image import Image, open_image
 from memdump.iomem import Range
 from memdump.manifest import Records, create_file, hash_names, write_all
 from memdump.maps import map_text
+from memdump.recover import facts_from_image
 from memdump.sink import Sink
 from memdump.walk import aligned_buffer
 
@@ -82,7 +83,13 @@ def convert(in_path: str, out_path: str, to: str, *, map_path: Optional[str] = N
             sink = Sink(out_fd, hashes=algorithms, name=out_path if not to_stdout else "stdout")
             if sink.is_terminal:
                 raise UsageError("refusing to write an image to a terminal; redirect stdout or name OUT")
-            writer = writer_for(to, sink, [Range(p.start, p.end) for p in image.regions], image.facts())
+            facts = image.facts()
+            if to == "elf" and (facts.vmcoreinfo is None or facts.direct_map_base is None):
+                # an ELF core is for drgn and crash, which need both: look in the image's RAM
+                facts, found = facts_from_image(image, facts)
+                for text in found:
+                    remark(text)
+            writer = writer_for(to, sink, [Range(p.start, p.end) for p in image.regions], facts)
             ticker = None
             if progress.wanted(no_progress):
                 ticker = progress.Progress(writer.total_size(), lambda: sink.written).start()
