@@ -956,6 +956,39 @@ def run_guest(ctx: Context, args, boot: Boot) -> None:
         ctx.fail(f"{boot.name}: console shows kernel trouble: {bad[0].strip()}")
 
 
+def check_recovered_facts(ctx: Context, boot: Boot) -> None:
+    """``memdump convert --to elf`` of the guest's LiME dump, on the host: the VMCOREINFO it finds
+    in the image's RAM and the direct map it reads from the image's page tables must be what the
+    ELF dump recorded from the live kernel (/proc/kcore's note and segments)."""
+    lime, direct = boot.dir / "cli-kmod-lime.out", boot.dir / "cli-kmod-elf.out"
+    if not (lime.exists() and direct.exists()):
+        return
+    converted = boot.dir / "converted-from-lime.elf"
+    done = subprocess.run([ctx.python, "-m", "memdump", "convert", str(lime), str(converted),
+                           "--to", "elf"], env={**os.environ, "PYTHONPATH": ctx.pythonpath},
+                          capture_output=True, text=True)
+    try:
+        if done.returncode:
+            verdict = f"FAIL convert exit {done.returncode}: {done.stderr.strip()[-200:]}"
+        else:
+            got, want = compare.elf_notes(converted), compare.elf_notes(direct)
+            shifts, want_shifts = compare.elf_direct_map(converted), compare.elf_direct_map(direct)
+            if got.get("VMCOREINFO") != want.get("VMCOREINFO"):
+                verdict = (f"FAIL VMCOREINFO {len(got.get('VMCOREINFO', b''))} bytes found in RAM, "
+                           f"{len(want.get('VMCOREINFO', b''))} from the live kernel")
+            elif shifts != want_shifts or len(shifts) != 1:
+                verdict = (f"FAIL direct map {sorted(hex(v) for v in shifts)} from the page tables, "
+                           f"{sorted(hex(v) for v in want_shifts)} from /proc/kcore")
+            else:
+                verdict = f"ok VMCOREINFO and direct map {min(shifts):#x} as the live kernel's"
+    finally:
+        converted.unlink(missing_ok=True)
+    boot.results["lime-to-elf facts"] = verdict.split()[0]
+    ctx.notes.append(f"{boot.name}: lime converted to elf: {verdict}")
+    if verdict.startswith("FAIL"):
+        ctx.fail(f"{boot.name}: lime converted to elf: {verdict}")
+
+
 def check_results(ctx: Context, args, boot: Boot) -> None:
     """Everything the guest wrote to its share, checked after QEMU ended."""
     w, results = boot.dir, boot.results
@@ -1008,6 +1041,9 @@ def check_results(ctx: Context, args, boot: Boot) -> None:
                     if got != plugged:
                         ctx.fail(f"job {name}: {got >> 20} MiB dumped from virtio-mem, "
                                  f"{plugged >> 20} MiB plugged")
+
+    if boot.full:
+        check_recovered_facts(ctx, boot)
 
     fuzz = key_values(w / "fuzz.txt")
     results["fuzz"] = fuzz
