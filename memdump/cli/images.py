@@ -91,16 +91,28 @@ def summary(image: "Image") -> List[str]:
     lines.append(f"  {'start':<18}  {'end':<18}  {'size':<12}  offset")
     for p in image.regions:
         lines.append(f"  {p.start:#018x}  {p.end:#018x}  {p.size:<#12x}  {p.offset:#x}")
+    from memdump.recover import find_vmcoreinfo, parse_vmcoreinfo
+
     meta = image.facts()
+    vmcoreinfo = meta.vmcoreinfo
     if image.format == "elf":
-        if meta.vmcoreinfo:
-            fields = dict(line.split("=", 1) for line in meta.vmcoreinfo.decode("utf-8", "replace").splitlines()
-                          if "=" in line)
+        if vmcoreinfo:
+            fields = parse_vmcoreinfo(vmcoreinfo)
             lines.append(f"VMCOREINFO: {len(fields)} entries, OSRELEASE={fields.get('OSRELEASE', '?')}")
         else:
             lines.append("VMCOREINFO: none")
         if meta.direct_map_base is not None:
             lines.append(f"direct map base: {meta.direct_map_base:#x}")
+    else:
+        # the kernel's own note, in its RAM: which kernel this is, and how it pages
+        found = find_vmcoreinfo(image)
+        if found is not None:
+            address, vmcoreinfo = found
+            fields = parse_vmcoreinfo(vmcoreinfo)
+            lines.append(f"VMCOREINFO: in RAM at {address:#x}, OSRELEASE={fields.get('OSRELEASE', '?')}")
+    if vmcoreinfo and parse_vmcoreinfo(vmcoreinfo).get("NUMBER(pgtable_l5_enabled)") == "1":
+        lines.append("warning: the kernel ran with 5-level page tables, which Volatility 3 cannot "
+                     "walk (its plugins list nothing); drgn and crash can")
     lines += [f"note: {text}" for text in image.remarks]
     return lines
 

@@ -138,3 +138,17 @@ def test_the_kernel_text_mapping_is_not_the_direct_map(tmp_path):
     path, text = build(tmp_path, False, None)
     with open_image(str(path)) as image:
         assert direct_map_base(image, parse_vmcoreinfo(text)) is None
+
+
+@pytest.mark.parametrize("five_level", [False, True])
+def test_info_names_the_kernel_and_warns_of_five_level_paging(tmp_path, capfdbinary, five_level):
+    path, _ = build(tmp_path, five_level, 0xFFFF9A4480000000 if not five_level else 0xFF45B5C000000000)
+    code, out, err = run_main(capfdbinary, "info", str(path))
+    assert code == 0, err
+    text = out.decode()
+    assert f"VMCOREINFO: in RAM at {NOTE:#x}, OSRELEASE=6.1.0-test" in text
+    assert ("5-level page tables, which Volatility 3 cannot walk" in text) is five_level
+    elf = tmp_path / "core.elf"
+    assert run_main(capfdbinary, "convert", str(path), str(elf), "--to", "elf")[0] == 0
+    code, out, _ = run_main(capfdbinary, "info", str(elf))
+    assert code == 0 and ("Volatility 3 cannot walk" in out.decode()) is five_level
