@@ -244,10 +244,36 @@ class Job:
 CLI = "{python} -m memdump"
 
 
+# The guest's processes as /proc lists them ("<pid> <comm>" lines): taken before and after a
+# dump, the processes that lived through it are what an analysis of the image must list.
+PROCESSES = ('for d in /proc/[0-9]*; do read c < $d/comm 2>/dev/null && echo "${{d#/proc/}} $c"; '
+             'done > $R/{name}.ps-{when}')
+
+
 def structured(source: str, fmt: str) -> Job:
+    analysed = source == "kmod" and fmt in ("lime", "elf")
     return Job(f"cli-{source}-{fmt}", f"{CLI} --source {source} --format {fmt} -o {{out}} "
                "--manifest {manifest}", fmt=fmt, source=source, stdout=False, manifest=True,
-               needs=has_cli)
+               needs=has_cli,
+               pre=PROCESSES.replace("{when}", "before") if analysed else "",
+               post=PROCESSES.replace("{when}", "after") if analysed else "")
+
+
+def check_symbols(files: Files) -> list[str]:
+    """`memdump symbols` in the guest wrote an ISF of this kernel with a typed init_task."""
+    import json
+
+    path = files.directory / "symbols" / "linux" / "guest.json"
+    try:
+        isf = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        return [f"{path.name}: {exc}"]
+    init_task = isf.get("symbols", {}).get("init_task", {})
+    if init_task.get("type", {}).get("name") != "task_struct" or not init_task.get("address"):
+        return [f"init_task is {init_task!r}, not a task_struct with an address"]
+    if "task_struct" not in isf.get("user_types", {}):
+        return ["no struct task_struct"]
+    return []
 
 
 JOBS: list[Job] = [
@@ -261,6 +287,8 @@ JOBS: list[Job] = [
             "-s 1m > $R/{name}.orig 2>/dev/null; fi"),
     Job("cli-kmod", f"{CLI} -v --source kmod -m {{map}}", source="kmod", needs=has_cli,
         check=says("err", "source kmod")),
+    Job("cli-symbols", f"{CLI} symbols -o {{dir}}/symbols/linux/guest.json", fmt="text",
+        needs=has_cli, check=check_symbols, pre="mkdir -p $R/symbols/linux"),
     structured("kmod", "padded"),
     structured("kmod", "lime"),
     Job("lime-peer", "insmod {dir}/lime.ko path={out} format=lime timeout=0", fmt="lime",
@@ -290,6 +318,10 @@ JOBS: list[Job] = [
     structured("kcore", "lime"),
     structured("kcore", "elf"),
 ]
+
+
+# the 5-level boot's jobs: the ELF facts (direct, and recovered from LiME) and a raw dump
+LA57_JOBS = ("cli-kmod", "cli-kmod-lime", "cli-kmod-elf")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -396,6 +428,8 @@ class Boot:
     guest_times: dict = field(default_factory=dict)    # job -> seconds, measured in the guest
     calibration: Calibration | None = None
     limits: dict = field(default_factory=dict)         # LIMIT_<job> -> seconds
+    append: str = ""                                   # kernel command line additions
+    analyse: bool = False      # Volatility 3 and drgn on its dumps (a 4-level guest)
 
 
 # Python packages the memdump CLI needs beyond the standard library.
@@ -868,7 +902,7 @@ def run_guest(ctx: Context, args, boot: Boot) -> None:
     # the short boot gets a shorter leash: a hung guest must not eat the tier's budget twice
     cfg = GuestConfig(kver=ctx.kver, workdir=boot.dir, ram_file=ram_file,
                       memory_mib=args.memory, cpu_model=boot.cpu, timeout=args.timeout,
-                      virtio_mem=virtio_mem)
+                      append=boot.append, virtio_mem=virtio_mem)
     guest = Guest(cfg, ctx.work / "initramfs.cpio.gz")
     by_name = {j.name: j for j in boot.jobs}
     started: dict[str, float] = {}
@@ -956,37 +990,167 @@ def run_guest(ctx: Context, args, boot: Boot) -> None:
         ctx.fail(f"{boot.name}: console shows kernel trouble: {bad[0].strip()}")
 
 
-def check_recovered_facts(ctx: Context, boot: Boot) -> None:
+def check_recovered_facts(ctx: Context, boot: Boot) -> Path:
     """``memdump convert --to elf`` of the guest's LiME dump, on the host: the VMCOREINFO it finds
     in the image's RAM and the direct map it reads from the image's page tables must be what the
     ELF dump recorded from the live kernel (/proc/kcore's note and segments)."""
     lime, direct = boot.dir / "cli-kmod-lime.out", boot.dir / "cli-kmod-elf.out"
-    if not (lime.exists() and direct.exists()):
-        return
     converted = boot.dir / "converted-from-lime.elf"
+    if not (lime.exists() and direct.exists()):
+        return converted
     done = subprocess.run([ctx.python, "-m", "memdump", "convert", str(lime), str(converted),
                            "--to", "elf"], env={**os.environ, "PYTHONPATH": ctx.pythonpath},
                           capture_output=True, text=True)
-    try:
-        if done.returncode:
-            verdict = f"FAIL convert exit {done.returncode}: {done.stderr.strip()[-200:]}"
+    if done.returncode:
+        verdict = f"FAIL convert exit {done.returncode}: {done.stderr.strip()[-200:]}"
+    else:
+        got, want = compare.elf_notes(converted), compare.elf_notes(direct)
+        shifts, want_shifts = compare.elf_direct_map(converted), compare.elf_direct_map(direct)
+        if got.get("VMCOREINFO") != want.get("VMCOREINFO"):
+            verdict = (f"FAIL VMCOREINFO {len(got.get('VMCOREINFO', b''))} bytes found in RAM, "
+                       f"{len(want.get('VMCOREINFO', b''))} from the live kernel")
+        elif shifts != want_shifts or len(shifts) != 1:
+            verdict = (f"FAIL direct map {sorted(hex(v) for v in shifts)} from the page tables, "
+                       f"{sorted(hex(v) for v in want_shifts)} from /proc/kcore")
         else:
-            got, want = compare.elf_notes(converted), compare.elf_notes(direct)
-            shifts, want_shifts = compare.elf_direct_map(converted), compare.elf_direct_map(direct)
-            if got.get("VMCOREINFO") != want.get("VMCOREINFO"):
-                verdict = (f"FAIL VMCOREINFO {len(got.get('VMCOREINFO', b''))} bytes found in RAM, "
-                           f"{len(want.get('VMCOREINFO', b''))} from the live kernel")
-            elif shifts != want_shifts or len(shifts) != 1:
-                verdict = (f"FAIL direct map {sorted(hex(v) for v in shifts)} from the page tables, "
-                           f"{sorted(hex(v) for v in want_shifts)} from /proc/kcore")
-            else:
-                verdict = f"ok VMCOREINFO and direct map {min(shifts):#x} as the live kernel's"
-    finally:
-        converted.unlink(missing_ok=True)
+            verdict = f"ok VMCOREINFO and direct map {min(shifts):#x} as the live kernel's"
     boot.results["lime-to-elf facts"] = verdict.split()[0]
     ctx.notes.append(f"{boot.name}: lime converted to elf: {verdict}")
     if verdict.startswith("FAIL"):
         ctx.fail(f"{boot.name}: lime converted to elf: {verdict}")
+    return converted
+
+
+VOLATILITY_LIMIT = 1800  # seconds per plugin run: a generous bound, not a measure
+VOLATILITY = ("import sys; from volatility3.cli import main; sys.argv[0] = 'vol'; main()")
+
+
+def processes(path: Path) -> dict[int, str]:
+    found = {}
+    for line in read(path).splitlines():
+        pid, _, comm = line.partition(" ")
+        if pid.isdigit():
+            found[int(pid)] = comm.strip()
+    return found
+
+
+def volatility(boot: Boot, image: Path, plugin: str) -> tuple[list[dict], str]:
+    """(rows, problem): ``plugin`` run by Volatility 3 on ``image`` with the guest's own ISF only."""
+    import json
+
+    try:
+        done = subprocess.run([sys.executable, "-c", VOLATILITY, "-q", "-r", "json", "-s",
+                               str(boot.dir / "symbols"), "-f", str(image), plugin],
+                              capture_output=True, text=True, timeout=VOLATILITY_LIMIT)
+    except subprocess.TimeoutExpired:
+        return [], f"{plugin} still running after {VOLATILITY_LIMIT}s"
+    try:
+        rows = json.loads(done.stdout or "[]")
+    except ValueError:
+        rows = []
+    if done.returncode or not rows:
+        tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-2:])
+        return [], f"{plugin} exit {done.returncode}, {len(rows)} rows: {tail}"
+    return rows, ""
+
+
+def flatten(rows: list[dict]) -> list[dict]:
+    """Volatility's JSON nests child rows (pstree-style) under ``__children``."""
+    out = []
+    for row in rows:
+        out.append(row)
+        out += flatten(row.get("__children") or [])
+    return out
+
+
+def check_volatility(ctx: Context, boot: Boot) -> None:
+    """Volatility 3, given only the ISF ``memdump symbols`` made in the guest, lists from the
+    in-guest LiME and ELF dumps every process that lived through the dump (the guest's /proc
+    before and after it), the memdump module, and the module's load message in the kernel log."""
+    try:
+        import volatility3  # noqa: F401
+    except ImportError:
+        ctx.fail(f"{boot.name}: Volatility 3 is not installed (pip install '.[test]')")
+        return
+    if not (boot.dir / "symbols" / "linux" / "guest.json").exists():
+        ctx.fail(f"{boot.name}: no ISF from memdump symbols: Volatility not run")
+        return
+    for job in ("cli-kmod-lime", "cli-kmod-elf"):
+        image = boot.dir / f"{job}.out"
+        if not image.exists():
+            continue
+        t = time.monotonic()
+        lived = {pid: comm for pid, comm in processes(boot.dir / f"{job}.ps-before").items()
+                 if processes(boot.dir / f"{job}.ps-after").get(pid) == comm}
+        problems = []
+        rows, problem = volatility(boot, image, "linux.pslist.PsList")
+        listed = {int(r["PID"]): str(r.get("COMM")) for r in flatten(rows) if "PID" in r}
+        missing = {pid: comm for pid, comm in lived.items() if listed.get(pid) != comm}
+        if problem:
+            problems.append(problem)
+        elif not lived or missing:
+            problems.append(f"pslist: {len(missing)} of {len(lived)} processes that lived through "
+                            f"the dump missing or misnamed, e.g. {sorted(missing.items())[:3]}")
+        rows, problem = volatility(boot, image, "linux.lsmod.Lsmod")
+        names = {str(r.get("Module Name", r.get("Name"))) for r in flatten(rows)}
+        if problem or "memdump" not in names:
+            problems.append(problem or "lsmod does not list memdump")
+        rows, problem = volatility(boot, image, "linux.kmsg.Kmsg")
+        if problem or not any("/dev/memdump ready" in str(r.get("line")) for r in flatten(rows)):
+            problems.append(problem or "kmsg lacks the module's load message")
+        verdict = ("FAIL " + "; ".join(problems)) if problems else (
+            f"ok pslist {len(listed)} tasks (all {len(lived)} that lived through the dump), "
+            f"lsmod memdump, kmsg load message")
+        boot.results[f"volatility {job}"] = verdict.split()[0]
+        ctx.notes.append(f"{boot.name}: Volatility 3 on {job} ({time.monotonic() - t:.0f}s): {verdict}")
+        if problems:
+            ctx.fail(f"{boot.name}: Volatility 3 on {job}: {verdict}")
+
+
+DRGN = """
+import sys
+import drgn
+
+path, vaddr, size = sys.argv[1], int(sys.argv[2], 16), int(sys.argv[3])
+prog = drgn.Program()
+prog.set_core_dump(path)
+if not prog.flags & drgn.ProgramFlags.IS_LINUX_KERNEL:
+    sys.exit("not opened as a Linux kernel core")
+sys.stdout.buffer.write(prog.read(vaddr, size))
+"""
+
+
+def check_drgn(ctx: Context, boot: Boot, cores: list[Path]) -> None:
+    """drgn opens the direct ELF dump and the one converted from LiME as kernel cores and reads
+    the kernel's text at its virtual address: the bytes the host saw in guest RAM (kcode.bin,
+    checked against RAM while the guest was paused)."""
+    try:
+        import drgn  # noqa: F401
+    except ImportError:
+        ctx.fail(f"{boot.name}: drgn is not installed (pip install drgn)")
+        return
+    reference = boot.dir / "kcode.bin"
+    info = compare.elf_notes(boot.dir / "cli-kmod-elf.out").get("VMCOREINFO", b"")
+    offset = re.search(rb"^KERNELOFFSET=([0-9a-f]+)$", info, re.M)
+    if not reference.exists() or not offset:
+        ctx.fail(f"{boot.name}: drgn: no kernel text reference or no KERNELOFFSET")
+        return
+    text = reference.read_bytes()[:1 << 20]
+    vaddr = 0xFFFFFFFF81000000 + int(offset.group(1), 16)  # __START_KERNEL, moved by KASLR
+    for core in cores:
+        if not core.exists():
+            continue
+        done = subprocess.run([sys.executable, "-c", DRGN, str(core), f"{vaddr:x}", str(len(text))],
+                              capture_output=True)
+        if done.returncode or done.stdout != text:
+            verdict = (f"FAIL exit {done.returncode}: {done.stderr.decode(errors='replace').strip()[-200:]}"
+                       if done.returncode else "FAIL kernel text read at its virtual address differs")
+        else:
+            verdict = f"ok kernel text at {vaddr:#x} ({len(text)} bytes) = guest RAM"
+        boot.results[f"drgn {core.stem}"] = verdict.split()[0]
+        ctx.notes.append(f"{boot.name}: drgn on {core.name}: {verdict}")
+        if verdict.startswith("FAIL"):
+            ctx.fail(f"{boot.name}: drgn on {core.name}: {verdict}")
 
 
 def check_results(ctx: Context, args, boot: Boot) -> None:
@@ -1043,7 +1207,15 @@ def check_results(ctx: Context, args, boot: Boot) -> None:
                                  f"{plugged >> 20} MiB plugged")
 
     if boot.full:
-        check_recovered_facts(ctx, boot)
+        converted = check_recovered_facts(ctx, boot)
+        if boot.analyse:
+            try:
+                check_volatility(ctx, boot)
+                check_drgn(ctx, boot, [boot.dir / "cli-kmod-elf.out", converted])
+            finally:
+                converted.unlink(missing_ok=True)
+        else:
+            converted.unlink(missing_ok=True)
 
     fuzz = key_values(w / "fuzz.txt")
     results["fuzz"] = fuzz
@@ -1155,6 +1327,8 @@ def main(argv: list[str] | None = None) -> int:
                          "memory block stays unplugged (PageOffline pages the module refuses)")
     ap.add_argument("--no-second-boot", action="store_true",
                     help="skip the qemu64 boot (copy_from_kernel_nofault path)")
+    ap.add_argument("--no-la57-boot", action="store_true",
+                    help="skip the 5-level paging boot (the main boot runs 4-level: no5lvl)")
     ap.add_argument("--second-fuzz-reads", type=int, default=100_000)
     ap.add_argument("--timeout", type=float, default=BACKSTOP,
                     help="QEMU's own time limit, seconds: a backstop for a harness that died (each "
@@ -1201,7 +1375,13 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 jobs.append(job)
         boots.append(Boot("main", work / "main", "max", "copy_mc_to_kernel", args.fuzz_reads,
-                          args.cycles, True, jobs))
+                          args.cycles, True, jobs, append="no5lvl", analyse=True))
+        if not args.no_la57_boot:
+            # -cpu max gives the guest LA57: the kernel runs 5-level page tables (Volatility 3
+            # cannot walk them; memdump's ELF facts and the module must work all the same)
+            la57_jobs = [j for j in jobs if j.name in LA57_JOBS]
+            boots.append(Boot("la57", work / "la57", "max", "copy_mc_to_kernel",
+                              args.second_fuzz_reads // 5, 1, True, la57_jobs))
         if not args.no_second_boot:
             # without ERMS there is no machine-check-safe copy: the module serves reads only when
             # told to (allow_unsafe_copy=1), where it has that parameter
