@@ -184,8 +184,3 @@ class EmulatedMemory(DevMemory):
                 physical = paddr + address - start
                 return self.machine.contents(physical, physical + stop - address)
         raise HoleError(self.name, address, errno.EFAULT, "not mapped")
-
-
-def from_host(host: Host, kernel: bool = False) -> EmulatedMemory:
-    """The source ``--source emulator`` opens for ``host``."""
-    return EmulatedMemory.open(host, kernel)
