@@ -334,9 +334,9 @@ LA57_JOBS = ("cli-kmod", "cli-kmod-lime", "cli-kmod-elf")
 # it ran, its limit and the last thing it said.
 
 CALIBRATION_SIZES = (16, 144)  # MiB: two points give the start-up cost and the per-byte cost
-LIMIT_MARGIN = 8.0             # a job may take this many times its predicted time: small dumps
-                               # run faster per byte than whole-RAM ones (measured 2-3.5x)
-LIMIT_FLOOR = 300.0            # seconds, whatever the prediction
+LIMIT_MARGIN = 4.0             # a job may take this many times its predicted time
+LIMIT_FLOOR = 300.0            # seconds, whatever the prediction (whole-RAM jobs under load
+                               # measured 2-3.5x the per-byte cost of the small dumps)
 UNCALIBRATED_LIMIT = 1800.0    # per job when the calibration itself failed
 BOOT_LIMIT = 900.0             # boot to the first sentinel after it (calibration included)
 STEP_SLACK = 300.0             # host-side allowance beyond a guest-side limit (pre/post steps)
@@ -350,9 +350,13 @@ class Calibration:
 
     @classmethod
     def from_times(cls, small: float, large: float) -> "Calibration":
+        """The start-up cost from the difference of the two dumps; the per-MiB cost never below
+        the larger dump's average (start-up included): on a busy machine the two can come out
+        in any order, and a whole-RAM dump costs more per byte than a small one anyway."""
         lo, hi = CALIBRATION_SIZES
-        per_mib = max((large - small) / (hi - lo), 1e-4)
-        return cls(startup=max(small - per_mib * lo, 0.0), per_mib=per_mib)
+        slope = (large - small) / (hi - lo)
+        startup = max(small - max(slope, 0.0) * lo, 0.0)
+        return cls(startup=startup, per_mib=max(slope, large / hi))
 
     def limit(self, work_bytes: int) -> float:
         predicted = self.startup + self.per_mib * work_bytes / (1 << 20)
