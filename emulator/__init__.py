@@ -5,4 +5,6 @@ memdump DevMemory with the kernel's behaviours; ``write_root`` lays it out as a 
 directory (``proc/iomem``, ``proc/kcore``, ``dev/mem``, ``truth.json``) for ``memdump --root``.
 """
 
+from __future__ import annotations
+
 from emulator.machine import Machine  # noqa: F401

@@ -1,3 +1,5 @@
+from __future__ import annotations
+
 from emulator.cli import main
 
 main()

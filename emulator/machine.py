@@ -25,6 +25,11 @@ ROM_TAG = b"EMU-ROM\0"
 HEADER = struct.Struct("<8sQQQ")  # tag, physical address, seed, a checksum of the three
 
 
+def random_bytes(rng: random.Random, size: int) -> bytes:
+    """``rng.randbytes(size)`` on every Python (3.9 added it; the same bytes for the same state)."""
+    return rng.getrandbits(size * 8).to_bytes(size, "little") if size else b""
+
+
 @dataclass
 class Machine:
     """A machine from ``seed`` with about ``ram_size`` bytes of RAM (the truth says exactly)."""
@@ -44,7 +49,7 @@ class Machine:
         self.iomem = Iomem(_layout(rng, self.ram_size))
         self.ram = self.iomem.ram_ranges()
         self.kaslr_slide = rng.randrange(0, 64) * (2 << 20)
-        self._pool = random.Random(self.seed ^ 0x5EED).randbytes(POOL_SIZE + PAGE)
+        self._pool = random_bytes(random.Random(self.seed ^ 0x5EED), POOL_SIZE + PAGE)
         self._modules: bytes | None = None
 
     # -- layout facts -----------------------------------------------------------------------------
@@ -120,7 +125,7 @@ class Machine:
     def module_area(self) -> bytes:
         """Contents of the emulated modules area (not RAM-backed in the truth's physical view)."""
         if self._modules is None:
-            self._modules = random.Random(self.seed ^ 0x30D).randbytes(ONE_MIB)
+            self._modules = random_bytes(random.Random(self.seed ^ 0x30D), ONE_MIB)
         return self._modules
 
     def to_dict(self) -> dict:

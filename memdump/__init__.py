@@ -19,6 +19,8 @@ Errors a user can cause are ``MemdumpError`` (with ``exit_code``); the names bel
 first use, so ``import memdump`` costs the command line nothing.
 """
 
+from __future__ import annotations
+
 __version__ = "0.1.0"
 
 from memdump.lazy import lazy_exports

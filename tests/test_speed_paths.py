@@ -18,7 +18,7 @@ import pytest
 
 from conftest import REPO, expected_ram_walk, raw_walk, run_subprocess
 from emulator.device import EmulatedMemory, Faults
-from emulator.machine import Machine
+from emulator.machine import Machine, random_bytes
 from memdump.host import Host
 from memdump.sink import PIPE_SIZE, Sink
 from memdump.sources.devmem import DevMem
@@ -189,7 +189,7 @@ def _pieces(seed: int) -> list[bytes]:
     rng = random.Random(seed)
     sizes = [0, 1, 31, 4095, 4096, 1 << 20, (1 << 20) - 1, (1 << 20) + 1, 3 << 20, 5000, 2, 7 << 19]
     rng.shuffle(sizes)
-    return [rng.randbytes(size) for size in sizes]
+    return [random_bytes(rng, size) for size in sizes]
 
 
 @pytest.mark.parametrize("threaded", [True, False])
@@ -227,7 +227,7 @@ def test_skipped_zeros_are_hashed_in_order_and_the_file_stays_sparse(tmp_path, t
     expected = hashlib.sha256()
     for kind, size in plan:
         if kind == "data":
-            piece = rng.randbytes(size)
+            piece = random_bytes(rng, size)
             sink.write(piece)
             expected.update(piece)
         else:

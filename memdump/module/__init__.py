@@ -7,6 +7,8 @@ unload it again (``module_loaded``, the dump's ``--load-module``).  The command 
 this is ``memdump.cli.module``, imported only when it is used.
 """
 
+from __future__ import annotations
+
 from memdump.lazy import lazy_exports
 
 _EXPORTS = {

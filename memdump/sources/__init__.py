@@ -6,6 +6,8 @@ decorated with ``@register`` (and, for one shipped with memdump, its module in
 ``registry.SOURCE_MODULES``, so it is imported only when asked for).
 """
 
+from __future__ import annotations
+
 from memdump.sources.base import LIMITED, UNUSABLE, USABLE, DevMemory, Hole, Probe, ProbeStatus
 from memdump.sources.registry import names, open_source, probe_all, register, source_class
 

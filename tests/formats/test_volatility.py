@@ -9,10 +9,13 @@ import json
 import random
 
 import pytest
-from volatility3.framework import contexts, exceptions
-from volatility3.framework.layers import elf as vol_elf
-from volatility3.framework.layers import lime as vol_lime
-from volatility3.framework.layers import physical
+
+pytest.importorskip("volatility3", reason="volatility3 is not installed for this Python")
+
+from volatility3.framework import contexts, exceptions  # noqa: E402
+from volatility3.framework.layers import elf as vol_elf  # noqa: E402
+from volatility3.framework.layers import lime as vol_lime  # noqa: E402
+from volatility3.framework.layers import physical  # noqa: E402
 
 from conftest import run_main
 from emulator.device import Faults

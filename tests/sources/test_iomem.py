@@ -1,5 +1,7 @@
 """The /proc/iomem parser on captures of real machines."""
 
+from __future__ import annotations
+
 import os
 
 import pytest

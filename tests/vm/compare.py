@@ -25,7 +25,7 @@ import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Tuple
 
 PAGE = 4096
 ZERO_PAGE = bytes(PAGE)
@@ -102,7 +102,7 @@ class Span:
         return self.mm[self.offset + s.start:self.offset + s.stop]
 
 
-Region = tuple[int, Span]  # physical start, bytes
+Region = Tuple[int, Span]  # physical start, bytes
 
 
 def map_file(path: Path) -> mmap.mmap | bytes:

@@ -56,7 +56,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, List
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -113,7 +113,7 @@ class Files:
         return read(self.path(ext))
 
 
-Check = Callable[[Files], list[str]]
+Check = Callable[[Files], List[str]]
 
 
 def has_cli(ctx: "Context") -> str | None:
