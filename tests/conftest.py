@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 import sys
 
@@ -91,3 +92,46 @@ def raw_walk(source, sink, *, page_size=4096, read_size=DEFAULT_READ_SIZE, limit
     source serves, into the raw writer, ``limit`` capping the bytes written (-s)."""
     writer = RawWriter(sink, source.ranges(), on_region=on_region)
     return RegionWalk(source, writer, page_size=page_size, read_size=read_size, budget=limit).run()
+
+
+# -- the kernel module without a kernel ------------------------------------------------------
+
+
+def fake_ko(path, vermagic="6.1.0-emulated SMP preempt mod_unload modversions ", version="0.1.0"):
+    """A minimal ELF64 relocatable with a .modinfo section, as kbuild leaves in a module."""
+    modinfo = f"version={version}\0license=GPL\0name=memdump\0vermagic={vermagic}\0".encode()
+    names = b"\0.modinfo\0.shstrtab\0"
+    shoff = 64 + len(modinfo) + len(names)
+    shoff += -shoff % 8
+
+    def section(name, kind, offset, size):
+        return struct.pack("<IIQQQQIIQQ", name, kind, 0, 0, offset, size, 0, 0, 1, 0)
+
+    ident = b"\x7fELF" + bytes([2, 1, 1]) + bytes(9)
+    header = struct.pack("<16sHHIQQQIHHHHHH", ident, 1, 62, 1, 0, 0, shoff, 0, 64, 0, 0, 64, 3, 2)
+    body = header + modinfo + names
+    body += bytes(shoff - len(body))
+    body += bytes(64) + section(1, 1, 64, len(modinfo)) + section(10, 3, 64 + len(modinfo), len(names))
+    path.write_bytes(body)
+    return str(path)
+
+
+@pytest.fixture
+def fake_make(tmp_path, monkeypatch):
+    """``make`` on PATH that records its arguments and leaves a memdump.ko built for $FAKE_KVER."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    template = tmp_path / "template.ko"
+    fake_ko(template, vermagic="6.1.0-56-amd64 SMP preempt mod_unload ")
+    (bin_dir / "make").write_text(
+        "#!/bin/sh\n"
+        f"echo \"$@\" > {tmp_path}/make.args\n"
+        "[ -n \"$FAKE_MAKE_FAIL\" ] && { echo 'memdump_main.c:12:1: error: unknown type name'; exit 2; }\n"
+        "echo \"  CC [M]  memdump_main.o\"\n"
+        f"cp {template} \"$2/memdump.ko\"\n")
+    (bin_dir / "make").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    headers = tmp_path / "headers"
+    headers.mkdir()
+    (headers / "Makefile").write_text("")
+    return tmp_path, headers

@@ -1,9 +1,11 @@
 """The module's files: the sources (``kmod/``), a built or installed ``memdump.ko``, and what a
 ``.ko`` says about itself (its ``.modinfo``: the kernel release it was built for).
 
-The sources are looked for relative to the package (a checkout or an editable install), in
-``<prefix>/share/memdump/kmod`` and in the DKMS location ``/usr/src/memdump-<version>``, unless a
-directory is given.
+The sources are looked for relative to the package, unless a directory is given: ``kmod/`` beside
+it (a checkout or an editable install), the data package ``memdump_kmod/`` beside it (a wheel
+installs it next to ``memdump`` in site-packages; a zipapp holds it next to ``memdump`` inside the
+zip, from where ``memdump module build --build-dir DIR`` copies it out), then
+``<prefix>/share/memdump/kmod`` and the DKMS location ``/usr/src/memdump-<version>``.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ import glob
 import os
 import struct
 import sys
+import zipfile
+import zipimport
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from memdump.errors import MemdumpError, UsageError
 from memdump.host import Host
@@ -21,8 +25,14 @@ from memdump.module.names import DEVICE, MODULE, SYSFS, installed_module  # noqa
 
 KMOD_FILES = ("Kbuild", "Makefile", "memdump_main.c")
 COMPRESSED = (".xz", ".gz", ".zst")
-# the checkout (or editable install) this package sits in
-PACKAGE_PARENT = Path(__file__).resolve().parent.parent.parent
+# the checkout (or editable install) this package sits in; site-packages for a wheel; the zip
+# file itself for a zipapp
+PACKAGE_PARENT = Path(os.path.abspath(__file__)).parent.parent.parent
+# the name of kmod/ where it ships as data: in the wheel and in the zipapp
+DATA_PACKAGE = "memdump_kmod"
+# the zip file memdump runs from (a zipapp), else None
+_LOADER = globals().get("__loader__")
+ZIPAPP = os.path.abspath(_LOADER.archive) if isinstance(_LOADER, zipimport.zipimporter) else None
 
 
 class ModuleError(MemdumpError):
@@ -76,12 +86,45 @@ def built_for(path: str | os.PathLike) -> str:
 
 def candidate_source_dirs() -> list[Path]:
     """Where the kmod/ sources may be when no --source-dir is given, most specific first."""
-    found = [PACKAGE_PARENT / "kmod", Path(sys.prefix) / "share" / MODULE / "kmod"]
+    found = [PACKAGE_PARENT / "kmod", PACKAGE_PARENT / DATA_PACKAGE,
+             Path(sys.prefix) / "share" / MODULE / "kmod"]
     found += [Path(p) for p in sorted(glob.glob(f"/usr/src/{MODULE}-*"), reverse=True)]
     return found
 
 
+def in_zipapp(path: Path) -> Optional[Tuple[str, str]]:
+    """(the zip file, the member prefix) when ``path`` lies inside the zipapp memdump runs from."""
+    if ZIPAPP is None:
+        return None
+    archive = Path(ZIPAPP)
+    if path != archive and archive not in path.parents:
+        return None
+    inner = path.relative_to(archive).as_posix()
+    return ZIPAPP, "" if inner == "." else inner + "/"
+
+
+def source_files(path: Path) -> Dict[str, bytes]:
+    """The module's sources inside the zipapp under ``path``: file name -> contents."""
+    where = in_zipapp(path)
+    if where is None:
+        raise ModuleError(f"{path}: not inside this zipapp")
+    archive, prefix = where
+    try:
+        with zipfile.ZipFile(archive) as zipped:
+            return {info.filename[len(prefix):]: zipped.read(info) for info in zipped.infolist()
+                    if info.filename.startswith(prefix) and not info.is_dir()
+                    and "/" not in info.filename[len(prefix):]}
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise ModuleError(f"{archive}: cannot read the module's sources ({exc})") from None
+
+
 def is_source_dir(path: Path) -> bool:
+    if in_zipapp(path) is not None:
+        try:
+            names = source_files(path)
+        except ModuleError:
+            return False
+        return all(name in names for name in KMOD_FILES)
     return all((path / name).is_file() for name in KMOD_FILES)
 
 
@@ -97,9 +140,9 @@ def find_source_dir(explicit: str | None = None) -> Path:
     for path in candidate_source_dirs():
         if is_source_dir(path):
             return path
-    raise ModuleError("cannot find the module's sources (kmod/; pip installs only the Python "
-                      "packages): pass --source-dir DIR, the kmod/ directory of a memdump "
-                      "checkout or release")
+    raise ModuleError("cannot find the module's sources (kmod/, or memdump_kmod/ beside the "
+                      "installed package): pass --source-dir DIR, the kmod/ directory of a "
+                      "memdump checkout or release")
 
 
 def module_for_running_kernel(host: Host, source_dir: str | None = None) -> str:

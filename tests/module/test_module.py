@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import os
 import stat
-import struct
 
 import pytest
 
-from conftest import REPO, run_main
+from conftest import REPO, fake_ko, run_main
 from emulator.machine import Machine
 from emulator.rootfs import write_root
 from memdump.module import files as module_files
@@ -18,26 +17,7 @@ from memdump.module import status as module_status
 from memdump.errors import UsageError
 from memdump.host import Host
 
-RELEASE = "6.1.0-emulated"
-
-
-def fake_ko(path, vermagic=f"{RELEASE} SMP preempt mod_unload modversions ", version="0.1.0"):
-    """A minimal ELF64 relocatable with a .modinfo section, as kbuild leaves in a module."""
-    modinfo = f"version={version}\0license=GPL\0name=memdump\0vermagic={vermagic}\0".encode()
-    names = b"\0.modinfo\0.shstrtab\0"
-    shoff = 64 + len(modinfo) + len(names)
-    shoff += -shoff % 8
-
-    def section(name, kind, offset, size):
-        return struct.pack("<IIQQQQIIQQ", name, kind, 0, 0, offset, size, 0, 0, 1, 0)
-
-    ident = b"\x7fELF" + bytes([2, 1, 1]) + bytes(9)
-    header = struct.pack("<16sHHIQQQIHHHHHH", ident, 1, 62, 1, 0, 0, shoff, 0, 64, 0, 0, 64, 3, 2)
-    body = header + modinfo + names
-    body += bytes(shoff - len(body))
-    body += bytes(64) + section(1, 1, 64, len(modinfo)) + section(10, 3, 64 + len(modinfo), len(names))
-    path.write_bytes(body)
-    return str(path)
+RELEASE = "6.1.0-emulated"  # conftest.fake_ko's default
 
 
 @pytest.fixture
@@ -286,27 +266,6 @@ def kmod_copy(tmp_path):
     return sources
 
 
-@pytest.fixture
-def fake_make(tmp_path, monkeypatch):
-    """``make`` on PATH that records its arguments and leaves a memdump.ko built for $FAKE_KVER."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    template = tmp_path / "template.ko"
-    fake_ko(template, vermagic="6.1.0-56-amd64 SMP preempt mod_unload ")
-    (bin_dir / "make").write_text(
-        "#!/bin/sh\n"
-        f"echo \"$@\" > {tmp_path}/make.args\n"
-        "[ -n \"$FAKE_MAKE_FAIL\" ] && { echo 'memdump_main.c:12:1: error: unknown type name'; exit 2; }\n"
-        "echo \"  CC [M]  memdump_main.o\"\n"
-        f"cp {template} \"$2/memdump.ko\"\n")
-    (bin_dir / "make").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    headers = tmp_path / "headers"
-    headers.mkdir()
-    (headers / "Makefile").write_text("")
-    return tmp_path, headers
-
-
 def test_build_runs_make_with_kver_kdir_and_variables(fake_make, tmp_path, capfdbinary):
     _, headers = fake_make
     sources = kmod_copy(tmp_path)
@@ -328,6 +287,19 @@ def test_build_in_a_copy(fake_make, tmp_path, capfdbinary):
     assert out.decode() == f"{tmp_path / 'build' / 'memdump.ko'}\n"
     assert (tmp_path / "build" / "memdump_main.c").exists() and not (tmp_path / "build" / "memdump.o").exists()
     assert not (sources / "memdump.ko").exists()
+
+
+def test_a_failed_build_leaves_no_build_dir(fake_make, tmp_path, capfdbinary, monkeypatch):
+    _, headers = fake_make
+    sources = kmod_copy(tmp_path)
+    monkeypatch.setenv("FAKE_MAKE_FAIL", "1")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for build in (tmp_path / "new", empty):
+        code, out, err = run_main(capfdbinary, "module", "build", "--source-dir", str(sources), "--build-dir",
+                                  str(build), "--kver", "6.1.0-56-amd64", "--kdir", str(headers))
+        assert code == 1 and "build failed" in err
+    assert not (tmp_path / "new").exists() and list(empty.iterdir()) == []
 
 
 @pytest.mark.parametrize("args, env, code, words", [
@@ -362,7 +334,7 @@ def test_sources_are_found_next_to_the_package():
 def test_no_sources_anywhere_says_source_dir(monkeypatch, tmp_path, capfdbinary):
     monkeypatch.setattr(module_files, "candidate_source_dirs", lambda: [tmp_path / "a", tmp_path / "b"])
     code, out, err = run_main(capfdbinary, "module", "build", "--kver", "6.1.0-56-amd64")
-    assert code == 1 and "pip installs only the Python packages" in err and "--source-dir" in err
+    assert code == 1 and "cannot find the module's sources" in err and "--source-dir" in err
 
 
 # ---------------------------------------------------------------------------------------------
