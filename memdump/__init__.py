@@ -26,16 +26,16 @@ __version__ = "0.1.0"
 from memdump.lazy import lazy_exports
 
 _EXPORTS = {
-    "acquire": "memdump.acquire",
-    "DumpOptions": "memdump.acquire",
-    "DumpResult": "memdump.acquire",
+    "acquire": "memdump.acquisition",
+    "DumpOptions": "memdump.acquisition",
+    "DumpResult": "memdump.acquisition",
     "open_source": "memdump.sources",
     "probe_all": "memdump.sources",
     "Host": "memdump.host",
     "open_image": "memdump.image",
     "Image": "memdump.image",
-    "convert": "memdump.convert",
-    "verify": "memdump.verify",
+    "convert": "memdump.conversion",
+    "verify": "memdump.verification",
     "MemdumpError": "memdump.errors",
     "UsageError": "memdump.errors",
     "SourceUnavailable": "memdump.errors",

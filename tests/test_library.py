@@ -74,7 +74,7 @@ def test_a_dump_imports_neither_the_module_tools_nor_hashing(tmp_path):
     code = ("import sys\nfrom memdump.cli import main\ntry:\n    main(sys.argv[1:])\n"
             "except SystemExit as stop:\n    assert not stop.code, stop.code\n"
             "sys.stderr.write(' '.join(sorted(m for m in sys.modules if m.startswith("
-            "('memdump.module.', 'memdump.cli.module', 'hashlib', 'memdump.convert', 'memdump.verify', 'emulator')) "
+            "('memdump.module.', 'memdump.cli.module', 'hashlib', 'memdump.conversion', 'memdump.verification', 'emulator')) "
             "and m != 'memdump.module.names')))\n")
     done = subprocess.run([sys.executable, "-c", code, "--root", str(tmp_path / "root"), "--source",
                            "kmod", "-o", str(tmp_path / "out")], capture_output=True, text=True,
@@ -82,3 +82,21 @@ def test_a_dump_imports_neither_the_module_tools_nor_hashing(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
     assert os.path.getsize(tmp_path / "out") == Machine(seed=2, ram_size=8 << 20).ram_bytes
+
+
+def test_public_names_stay_what_the_page_says_after_the_cli_loads():
+    """Every public name keeps its documented meaning whatever was imported first: the CLI
+    imports the modules behind them, and a submodule named like a public function would
+    replace the function on the package once anything imported it."""
+    code = ("import importlib, inspect, pkgutil, memdump\n"
+            "for found in pkgutil.walk_packages(memdump.__path__, 'memdump.'):\n"
+            "    if found.name != 'memdump.__main__':\n"
+            "        importlib.import_module(found.name)\n"
+            "for name in memdump.__all__:\n"
+            "    value = getattr(memdump, name)\n"
+            "    assert not inspect.ismodule(value) or name == 'errors', name\n"
+            "print(memdump.acquire.__module__)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=REPO))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "memdump.acquisition"

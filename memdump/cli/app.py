@@ -15,7 +15,7 @@ from typing import List, Optional
 import click
 
 from memdump import __version__
-from memdump.acquire import DumpOptions, acquire
+from memdump.acquisition import DumpOptions, acquire
 from memdump.cli.images import add_to
 from memdump.errors import MemdumpError, UsageError
 from memdump.formats import FORMATS

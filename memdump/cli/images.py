@@ -1,5 +1,5 @@
 """``memdump sources``, ``info``, ``convert`` and ``verify``: each a thin wrapper over the library
-(``memdump.sources``, ``memdump.image``, ``memdump.convert``, ``memdump.verify``)."""
+(``memdump.sources``, ``memdump.image``, ``memdump.conversion``, ``memdump.verification``)."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def convert_command(source_image: str, target: str, to_format: str, map_path: Op
                     out_map: Optional[str], hashes: Tuple[str, ...], no_progress: bool):
     """Convert IN (raw + map, padded, lime or elf) to OUT in another format; OUT is created, never
     overwritten ('-' is stdout)."""
-    from memdump.convert import convert
+    from memdump.conversion import convert
 
     convert(source_image, target, to_format, map_path=map_path, out_map=out_map, hashes=hashes,
                  no_progress=no_progress, remark=remark)
@@ -73,7 +73,7 @@ def convert_command(source_image: str, target: str, to_format: str, map_path: Op
 @click.option("--manifest", "manifest_path", metavar="PATH", required=True, help="The manifest written with the image.")
 def verify_command(image: str, manifest_path: str):
     """Recompute IMAGE's digests and check its regions against its manifest."""
-    from memdump.verify import verify
+    from memdump.verification import verify
 
     for line in verify(image, manifest_path):
         click.echo(line)
