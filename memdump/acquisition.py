@@ -5,7 +5,11 @@ byte is written, plans the regions (``-s``, RAM the source cannot serve), walks 
 format's writer, and accounts for everything: the ``-m`` map as regions close, the manifest and
 the digest sidecars at the end -- or, when the output fails or the dump is interrupted, a
 manifest that says the image is incomplete and where it stops (and no sidecars: a digest of a
-broken stream proves nothing). Every failure a user can cause is a MemdumpError.
+broken stream proves nothing). The manifest is valid JSON at every instant: written when the
+dump starts, replaced atomically at checkpoints (between regions and every few seconds) and at
+the end, so after SIGKILL or a power loss it still says "incomplete". SIGTERM, SIGHUP and
+SIGINT end the dump through the same failure accounting (``memdump.interrupts``). Every
+failure a user can cause is a MemdumpError.
 """
 
 from __future__ import annotations
@@ -16,11 +20,13 @@ from typing import Dict, List, Optional, Tuple, Union
 
 from memdump import manifest as records
 from memdump import progress
-from memdump.errors import MemdumpError, OutputError, UsageError
+from memdump.errors import MemdumpError, OutputError, Terminated, UsageError
 from memdump.facts import NO_FACTS
 from memdump.formats import format_class
 from memdump.formats.base import FormatWriter, Placed, back_to_back, plan_regions
 from memdump.host import Host
+from memdump.interrupts import SignalGuard
+from memdump.iomem import Range
 from memdump.maps import MapFile
 from memdump.remarks import Remark, no_remark
 from memdump.sink import Sink, open_output
@@ -85,13 +91,45 @@ class DumpResult:
 
 def acquire(options: DumpOptions, *, remark: Remark = no_remark, stdout: int = 1) -> DumpResult:
     """Dump memory as ``options`` say. ``remark(level, text)`` hears what the dump does
-    (level 0: warnings; 1 and 2: ``-v`` and ``-vv``)."""
-    if options.load_module is None:
-        return _acquire(options, remark, stdout)
-    from memdump.module.kernel import module_loaded  # only a dump that loads the module needs it
+    (level 0: warnings; 1 and 2: ``-v`` and ``-vv``).
 
-    with module_loaded(Host.at(options.root), options.load_module, remark):
-        return _acquire(options, remark, stdout)
+    While it runs (called from the main thread), SIGTERM, SIGHUP and SIGINT raise Terminated
+    (exit status 128 + the signal) after the manifest records where the dump stopped; the
+    handlers that were there before are put back when it returns."""
+    with SignalGuard() as guard:
+        if options.load_module is None:
+            return _acquire(options, remark, stdout, guard)
+        from memdump.module.kernel import module_loaded  # only a dump that loads the module needs it
+
+        with module_loaded(Host.at(options.root), options.load_module, remark):
+            return _acquire(options, remark, stdout, guard)
+
+
+def _outputs(options: DumpOptions) -> List[Tuple[str, str]]:
+    """(option, path) for every file this dump creates."""
+    named = [("-o", options.output), ("-m", None if options.map_path == "-" else options.map_path),
+             ("--manifest", options.manifest)]
+    if options.output:
+        named += [(f"--hash {algorithm}: digest file", f"{options.output}.{algorithm}")
+                  for algorithm in records.hash_names(options.hashes, False)]
+    return [(what, path) for what, path in named if path]
+
+
+def _check_outputs(options: DumpOptions) -> None:
+    """No output may name another one, nor an existing file: refused before anything is created
+    (each is still created O_EXCL, so a file appearing meanwhile is not overwritten either)."""
+    seen: Dict[str, Tuple[str, str]] = {}
+    for what, path in _outputs(options):
+        parent, base = os.path.split(os.path.abspath(path))
+        key = os.path.join(os.path.realpath(parent), base)
+        if key in seen:
+            other, other_path = seen[key]
+            raise UsageError(f"{what} {path}: the same file as {other} {other_path} (every output "
+                             "needs its own file)")
+        seen[key] = (what, path)
+    for what, path in _outputs(options):
+        if os.path.lexists(path):
+            raise UsageError(f"{what} {path}: file exists (memdump never overwrites it)")
 
 
 def _check(options: DumpOptions, host: Host) -> Tuple[int, int, bool]:
@@ -103,6 +141,8 @@ def _check(options: DumpOptions, host: Host) -> Tuple[int, int, bool]:
         raise UsageError(f"-b {buffer_size}: read size above 1 GiB")
     if page_size > GIB:
         raise UsageError(f"-p {page_size}: page size above 1 GiB")
+    if options.page_size and (page_size < 512 or page_size & (page_size - 1)):
+        raise UsageError(f"-p {page_size}: the page size must be a power of two of at least 512")
     structured = format_class(options.format).structured
     if structured and options.scan:
         raise UsageError(f"--format {options.format}: --scan writes the original raw stream only")
@@ -111,13 +151,19 @@ def _check(options: DumpOptions, host: Host) -> Tuple[int, int, bool]:
     return page_size, buffer_size, explicit_read_size
 
 
-def _acquire(options: DumpOptions, remark: Remark, stdout: int) -> DumpResult:
+def _acquire(options: DumpOptions, remark: Remark, stdout: int, guard: SignalGuard) -> DumpResult:
     host = Host.at(options.root)
     page_size, buffer_size, explicit_read_size = _check(options, host)
     digests = records.hash_names(options.hashes, options.manifest is not None)
+    _check_outputs(options)
 
     # Everything that can be refused is refused before the first byte is written.
-    files = records.Records(options.manifest, options.output, records.hash_names(options.hashes, False))
+    manifest = None
+    if options.manifest:
+        manifest = records.Manifest(format=options.format, output=options.output,
+                                    flags=options.flags(), map_path=options.map_path)
+    files = records.Records(options.manifest, options.output, records.hash_names(options.hashes, False),
+                            initial=manifest.render() if manifest else b"")
     try:
         out_fd = open_output(options.output) if options.output else stdout
         try:
@@ -126,6 +172,7 @@ def _acquire(options: DumpOptions, remark: Remark, stdout: int) -> DumpResult:
             raise UsageError(f"cannot write the image: {exc.strerror} (is stdout closed?)") from None
         if sink.is_terminal:
             raise UsageError("refusing to write a memory image to a terminal; redirect stdout or use -o PATH")
+        guard.sink = sink
         source = open_source(options.source, host, options.kernel, warn=lambda text: remark(1, text))
     except BaseException:
         files.discard()
@@ -142,17 +189,16 @@ def _acquire(options: DumpOptions, remark: Remark, stdout: int) -> DumpResult:
         remark(1, f"buffer size {buffer_size:#x}")
         plan = _Plan.make(options, source, sink, map_file, page_size, buffer_size,
                           explicit_read_size, remark)
-        manifest = None
-        if options.manifest:
-            manifest = records.Manifest(format=options.format, output=options.output,
-                                        flags=options.flags(), map_path=options.map_path)
+        if manifest is not None:
             manifest.describe_source(source, page_size)
+            manifest.set_planned(plan.planned)
             manifest.set_unserved(plan.unserved)
             if plan.elf_record is not None:
                 manifest.set(elf=plan.elf_record)
+            files.write_manifest(manifest)  # the record of a dump that has started
         show = progress.wanted(options.no_progress) and options.map_path != "-"
         started = True
-        result = _Run(plan, sink, files, manifest, show, remark).run()
+        result = _Run(plan, sink, files, manifest, show, remark, guard).run()
         map_file.close()
         remark(1, f"wrote {result.bytes_written:#x} bytes in {len(result.regions)} regions, "
                   f"{len(result.holes)} {'zero-filled spans' if plan.structured else 'holes'}; "
@@ -179,6 +225,7 @@ class _Plan:
     progress_total: int
     unserved: List[Hole]
     limited: bool                      # -s leaves memory out
+    planned: List[Range]               # the memory the walk means to cover
     elf_record: Optional[dict] = None
 
     @property
@@ -199,7 +246,8 @@ class _Plan:
             walk = ScanWalk(source, sink, page_size=page_size, read_size=buffer_size,
                             exact_reads=explicit_read_size, limit=dump_size, on_region=map_file,
                             remark=remark)
-            return cls(walk, None, dump_size or source.scan_end(), [], limited)
+            return cls(walk, None, dump_size or source.scan_end(), [], limited,
+                       [Range(0, source.scan_end())])
         ranges = source.ranges()
         if not ranges:
             raise UsageError(f"{source.name} publishes no map of what to read here; use --scan")
@@ -222,7 +270,7 @@ class _Plan:
         unserved = [h for h in source.unserved() if not dump_size or h.start < planned[-1].end]
         for hole in unserved:
             remark(1, f"{hole.start:#x}-{hole.end:#x}: {hole.reason}")
-        return cls(walk, writer, total, unserved, limited, elf_record)
+        return cls(walk, writer, total, unserved, limited, list(writer.regions), elf_record)
 
 
 def failure_text(exc: BaseException) -> str:
@@ -233,20 +281,46 @@ def failure_text(exc: BaseException) -> str:
 
 
 class _Run:
-    """Runs the planned walk with its records: progress while it runs, then the manifest and the
-    sidecars, or the record of a failure."""
+    """Runs the planned walk with its records: progress and checkpoints while it runs, then the
+    manifest and the sidecars, or the record of a failure."""
 
     def __init__(self, plan: _Plan, sink: Sink, files: records.Records,
-                 manifest: Optional[records.Manifest], show_progress: bool, remark: Remark):
+                 manifest: Optional[records.Manifest], show_progress: bool, remark: Remark,
+                 guard: Optional[SignalGuard] = None):
         self.plan, self.sink, self.files, self.manifest = plan, sink, files, manifest
         self.show_progress = show_progress
         self.remark = remark
+        self.guard = guard or SignalGuard()
+        self.checkpoint_failed = False
+        if manifest is not None:
+            plan.walk.checkpoint = self.checkpoint
 
     def _account(self, result: Optional[WalkResult]) -> None:
         if self.manifest is None:
             return
         self.manifest.set_regions(self.plan.output_regions(result))
         self.manifest.set_unread(result.holes if result else [], zero_filled=self.plan.structured)
+
+    def _address(self) -> Optional[int]:
+        """The memory address the output has reached."""
+        if self.plan.writer is not None:
+            return self.plan.writer.position()
+        return self.plan.walk.position()
+
+    def checkpoint(self) -> None:
+        """The manifest as the dump stands, replacing the last one in one step (never cut in two
+        by a signal). A manifest that cannot be rewritten is a warning: the last one stays."""
+        if self.manifest is None:
+            return
+        with self.guard.deferred():
+            self._account(self.plan.walk.result)
+            self.manifest.progress(bytes_written=self.sink.written, address=self._address())
+            try:
+                self.files.write_manifest(self.manifest)
+            except MemdumpError as exc:
+                if not self.checkpoint_failed:
+                    self.remark(0, f"manifest checkpoint not written: {exc}")
+                self.checkpoint_failed = True
 
     def run(self) -> WalkResult:
         plan, sink = self.plan, self.sink
@@ -260,7 +334,9 @@ class _Run:
             finally:
                 if ticker:
                     ticker.stop()
+            self.guard.hold()  # the image is out: a signal now waits for its records
         except BaseException as exc:
+            self.guard.hold()
             self._failed(exc)
             raise
         if plan.structured and plan.limited:
@@ -278,18 +354,19 @@ class _Run:
         return result
 
     def _failed(self, exc: BaseException) -> None:
+        written = self.sink.offset()
+        address = self._address()
+        if isinstance(exc, Terminated):
+            exc.where = f" at output offset {written}" + (f" (address {address:#x})" if address is not None else "")
+        elif isinstance(exc, OutputError) and address is not None:
+            exc.where = f" (address {address:#x})"
         self.files.discard(keep_manifest=True)
         if self.manifest is None:
             return
-        result = self.plan.walk.result
-        if self.plan.writer is not None:
-            address = self.plan.writer.position()
-        else:
-            address = result.regions[-1].end if result.regions else None
-        self._account(result)
+        self._account(self.plan.walk.result)
         stopped = ("output failed" if isinstance(exc, OutputError)
-                   else "interrupted" if isinstance(exc, KeyboardInterrupt) else "error")
-        self.manifest.finish(bytes_written=self.sink.written, digests={}, stopped=stopped,
+                   else "interrupted" if isinstance(exc, (KeyboardInterrupt, Terminated)) else "error")
+        self.manifest.finish(bytes_written=written, digests={}, stopped=stopped,
                              error=failure_text(exc), address=address)
         try:
             self.files.write_manifest(self.manifest)

@@ -7,9 +7,16 @@ import os
 
 
 class MemdumpError(Exception):
-    """A failure worth one clear line to the user (never a traceback)."""
+    """A failure worth one clear line to the user (never a traceback).
+
+    ``where`` is appended to the message once the dump knows where the output stopped
+    (`` at output offset N (address 0x...)``)."""
 
     exit_code = 1
+    where = ""
+
+    def __str__(self) -> str:
+        return super().__str__() + self.where
 
 
 class UsageError(MemdumpError):
@@ -45,6 +52,19 @@ class HoleError(MemdumpError):
 
 class OutputError(MemdumpError):
     """Writing the image or the map failed (EPIPE, ENOSPC, ...)."""
+
+
+class Terminated(MemdumpError):
+    """A signal (SIGTERM, SIGHUP, SIGINT) ended the dump; the exit status is 128 + the signal."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+        self.exit_code = 128 + signum
+        verb = "interrupted" if signum == signal.SIGINT else "terminated"
+        super().__init__(f"{verb} by {self.name}")
 
 
 class ImageError(MemdumpError):

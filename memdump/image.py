@@ -11,7 +11,6 @@ records) is an ImageError naming the offset.
 from __future__ import annotations
 
 import os
-import stat
 from dataclasses import dataclass, field
 from typing import Iterator, List, Optional, Sequence, Tuple
 
@@ -119,18 +118,10 @@ def _mapped(path: str, size: int, ranges: List[Range], map_path: str,
 def open_bytes(path: str) -> Image:
     """``path`` opened read-only, as bytes with no structure yet; UsageError unless it is a
     regular file."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise UsageError(f"{path}: {exc.strerror}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise UsageError(f"{path}: not a regular file")
-    except BaseException:
-        os.close(fd)
-        raise
-    return Image(path, UNKNOWN, info.st_size, [], fd)
+    from memdump.manifest import open_regular  # opened O_NONBLOCK: a FIFO never blocks it
+
+    fd = open_regular(path, "")
+    return Image(path, UNKNOWN, os.fstat(fd).st_size, [], fd)
 
 
 def open_image(path: str, map_path: Optional[str] = None, *, regions: Optional[Sequence[Range]] = None,

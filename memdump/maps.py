@@ -25,8 +25,11 @@ def map_text(regions: Sequence[Range]) -> str:
 
 def read_map(path: str) -> List[Range]:
     """A map file: ascending, non-overlapping regions; ImageError naming the line of any defect."""
+    from memdump.manifest import open_regular  # a FIFO or a device never blocks the read
+
+    fd = open_regular(path, "--map ")
     try:
-        with open(path, "rb") as handle:
+        with open(fd, "rb") as handle:
             blob = handle.read()
     except OSError as exc:
         raise UsageError(f"--map {path}: {exc.strerror}") from None
@@ -55,7 +58,7 @@ def read_map(path: str) -> List[Range]:
 class MapFile:
     """``-m FILE`` or ``-m -`` (stderr), written as each region closes (a RegionCallback). The
     file is created when this is made, before the first byte is dumped, so a bad path costs
-    nothing."""
+    nothing; like every output it never overwrites an existing file."""
 
     def __init__(self, target: Optional[str]):
         self.target = target
@@ -65,10 +68,9 @@ class MapFile:
         if target == "-":
             self.stream = sys.stderr
             return
-        try:
-            self.stream = open(target, "w")
-        except OSError as exc:
-            raise UsageError(f"create map file {target}: {exc.strerror}") from None
+        from memdump.sink import open_output  # created as every output is: O_EXCL, no link, 0600
+
+        self.stream = open(open_output(target, "-m"), "w")
 
     def __call__(self, start: int, end: int) -> None:
         if self.stream is None:

@@ -193,6 +193,12 @@ class Sink:
         self.is_terminal = os.isatty(fd)
         self.sparse = self.is_file and _seekable_not_appending(fd)
         self._skipped = False  # a skip has moved the offset past the last byte written
+        # A signal that arrives while a write is under way is not raised inside it (the count of
+        # a write cut short would be lost): ``interrupt`` records it and makes a pipe's writes
+        # non-blocking, and the write raises it as soon as the count is kept.
+        self.writing = False
+        self.stop: BaseException | None = None
+        self._unblocked = False
         # Zero-copy skips userspace, so only when nothing has to see the bytes.
         self.zero_copy = not self.hashers
         if self.is_pipe:
@@ -209,7 +215,72 @@ class Sink:
         return self._hash_thread is not None
 
     def _fail(self, exc: OSError) -> OutputError:
-        return OutputError(f"output write error on {self.name} after {self.written} bytes: {exc.strerror}")
+        why = exc.strerror
+        if exc.errno == errno.EPIPE:
+            why += " (the reader of the output went away)"
+        return OutputError(f"output write error on {self.name} after {self.written} bytes: {why}")
+
+    def interrupt(self, exc: BaseException) -> bool:
+        """Called from a signal handler: True when ``exc`` will be raised by the write under way
+        (which no longer blocks), False when the caller should raise it itself."""
+        if not self.writing:
+            return False
+        self.stop = exc
+        if not self.is_file:
+            try:
+                if os.get_blocking(self.fd):
+                    os.set_blocking(self.fd, False)
+                    self._unblocked = True
+            except OSError:
+                pass
+        return True
+
+    def _stopped(self) -> None:
+        exc, self.stop = self.stop, None
+        self.writing = False
+        if self._unblocked:
+            self._unblocked = False
+            try:
+                os.set_blocking(self.fd, True)
+            except OSError:
+                pass
+        raise exc
+
+    def _write_fd(self, view: memoryview) -> None:
+        """All of ``view`` out, counted write by write (see ``interrupt``)."""
+        total = len(view)
+        done = 0
+        self.writing = True
+        try:
+            while done < total:
+                if self.stop is not None:
+                    self._stopped()
+                try:
+                    count = os.write(self.fd, view[done:])
+                except InterruptedError:
+                    continue
+                except BlockingIOError as exc:
+                    if self.stop is not None:
+                        self._stopped()
+                    raise self._fail(exc) from None
+                except OSError as exc:
+                    raise self._fail(exc) from None
+                self.written += count
+                done += count
+            if self.stop is not None:
+                self._stopped()
+        finally:
+            self.writing = False
+
+    def offset(self) -> int:
+        """Where the output stands: for a regular file its position (exact whatever interrupted
+        the last write), else the bytes counted."""
+        if self.is_file:
+            try:
+                return os.lseek(self.fd, 0, os.SEEK_CUR)
+            except OSError:
+                pass
+        return self.written
 
     def write(self, data) -> None:
         view = memoryview(data)
@@ -220,17 +291,7 @@ class Sink:
         else:
             for hasher in self.hashers.values():
                 hasher.update(view)
-        total = len(view)
-        done = 0
-        while done < total:
-            try:
-                done += os.write(self.fd, view[done:])
-            except InterruptedError:
-                continue
-            except OSError as exc:
-                self.written += done
-                raise self._fail(exc) from None
-        self.written += total
+        self._write_fd(view)
 
     def _hash_zeros(self, count: int) -> None:
         if self._hash_thread is not None:
@@ -247,17 +308,8 @@ class Sink:
         left = count
         while left:
             view = zeros[:min(left, ZERO_STEP)]
-            done = 0
-            while done < len(view):
-                try:
-                    done += os.write(self.fd, view[done:])
-                except InterruptedError:
-                    continue
-                except OSError as exc:
-                    self.written += count - left + done
-                    raise self._fail(exc) from None
+            self._write_fd(view)
             left -= len(view)
-        self.written += count
 
     def skip(self, count: int) -> None:
         """``count`` zero bytes of output (padded images' holes): a seek on a regular file, which
@@ -287,19 +339,32 @@ class Sink:
     def sendfile(self, src_fd: int, offset: int, count: int) -> int | None:
         """Copy from a file without passing through userspace. Returns the count moved (0 at the
         source's end) or None when this pair cannot zero-copy (the caller reads instead)."""
+        self.writing = True
         while True:
+            if self.stop is not None:
+                self._stopped()
             try:
                 moved = os.sendfile(self.fd, src_fd, offset, count)
                 break
             except InterruptedError:
                 continue
+            except BlockingIOError as exc:
+                self.writing = False
+                if self.stop is not None:
+                    self._stopped()
+                raise self._fail(exc) from None
             except OSError as exc:
                 if exc.errno in OUTPUT_ERRNOS:
+                    self.writing = False
                     raise self._fail(exc) from None
                 if exc.errno in NO_ZERO_COPY:
                     self.zero_copy = False
+                self.writing = False
                 return None
         self.written += moved
+        self.writing = False
+        if self.stop is not None:
+            self._stopped()
         return moved
 
     def digests(self) -> dict[str, str]:
@@ -317,6 +382,8 @@ class Sink:
                 thread.stop()
 
     def close(self) -> None:
+        if self.stop is not None:
+            self._stopped()
         self._finish_hashing()
         if self.is_file:
             try:

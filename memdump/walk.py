@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import errno
 import mmap
+import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterator, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Iterator, List, Optional, Tuple, Union
 
 from memdump.errors import HoleError
 from memdump.iomem import Range
@@ -33,6 +34,11 @@ if TYPE_CHECKING:
 
 DEFAULT_READ_SIZE = 1 << 20  # large reads amortise system calls; page fallback keeps holes exact
 BATCH = 1 << 20  # smaller reads are gathered up to this much per write
+# Seconds between checkpoints (the manifest rewritten with how far the dump got). The walk looks
+# at a monotonic clock once per event (one read or write of up to 1 MiB), never per page.
+CHECKPOINT_INTERVAL = 2.0
+
+Checkpoint = Optional[Callable[[], None]]
 
 
 @dataclass(frozen=True)
@@ -186,12 +192,14 @@ class RegionWalk:
     """
 
     def __init__(self, source: DevMemory, writer: "FormatWriter", *, page_size: int, read_size: int,
-                 budget: int = 0, remark: Remark = no_remark):
+                 budget: int = 0, remark: Remark = no_remark, checkpoint: Checkpoint = None):
         self.source = source
         self.writer = writer
         self.reader = Reader(source, page_size, read_size, writer.sink)
         self.budget = budget
         self.remark = remark
+        # called between regions and at least every CHECKPOINT_INTERVAL seconds
+        self.checkpoint = checkpoint
         # kept on the walk, so a caller can account for what was done when the output fails
         self.result = WalkResult()
 
@@ -211,6 +219,10 @@ class RegionWalk:
         structured = writer.structured
         word = "region" if structured else "range"
         stopped = "end of regions" if structured else "end of ranges"
+        tick = self.checkpoint
+        clock = time.monotonic
+        due = clock() + CHECKPOINT_INTERVAL
+        last = len(writer.regions) - 1
         writer.begin()
         try:
             for index, region in enumerate(writer.regions):
@@ -233,7 +245,13 @@ class RegionWalk:
                         rest = Hole(event.address, region.end, "eof")
                         writer.hole(rest)
                         self._record(rest)
+                    if tick is not None and clock() >= due:
+                        tick()
+                        due = clock() + CHECKPOINT_INTERVAL
                 writer.end_region(index)
+                if tick is not None and index < last:
+                    tick()
+                    due = clock() + CHECKPOINT_INTERVAL
         finally:
             # a failed output still maps what it holds
             writer.close_open()
@@ -274,7 +292,7 @@ class ScanWalk:
 
     def __init__(self, source: DevMemory, sink: Sink, *, page_size: int, read_size: int,
                  exact_reads: bool, limit: int = 0, on_region: RegionCallback = no_region,
-                 remark: Remark = no_remark):
+                 remark: Remark = no_remark, checkpoint: Checkpoint = None):
         self.source = source
         self.sink = sink
         self.page_size = page_size
@@ -286,12 +304,24 @@ class ScanWalk:
         self.limit = limit
         self.on_region = on_region
         self.remark = remark
+        self.checkpoint = checkpoint  # called at least every CHECKPOINT_INTERVAL seconds
         # kept on the walk, so a caller can account for what was done when the output fails
         self.result = WalkResult()
+        self._regions: Optional[_Regions] = None
+
+    def position(self) -> Optional[int]:
+        """The memory address the output has reached (None before the first byte)."""
+        regions = self._regions
+        if regions is not None and regions.start is not None:
+            return regions.end
+        return self.result.regions[-1].end if self.result.regions else None
 
     def run(self) -> WalkResult:
         result = self.result
-        regions = _Regions(self.on_region, result)
+        tick = self.checkpoint
+        clock = time.monotonic
+        due = clock() + CHECKPOINT_INTERVAL
+        regions = self._regions = _Regions(self.on_region, result)
         end = self.source.scan_end()
         reader = self.reader
         read_into = reader.read_into
@@ -332,6 +362,9 @@ class ScanWalk:
 
         try:
             while not self.limit or count < self.limit:
+                if tick is not None and clock() >= due:
+                    tick()
+                    due = clock() + CHECKPOINT_INTERVAL
                 if where >= end:
                     result.stopped = "end of address space"
                     self.remark(1, f"Stopped at the end of the address space at {where:#x}")

@@ -99,6 +99,7 @@ class FormatWriter:
         self.on_region = on_region
         self.current: Optional[int] = None
         self.filled = 0
+        self.reached: Optional[int] = None  # the end of the last region closed
         self.placed = self.layout()
 
     # -- reading back -------------------------------------------------------------------------------
@@ -149,8 +150,14 @@ class FormatWriter:
         self.filled = 0
 
     def data(self, view) -> None:
-        self.sink.write(view)
-        self.filled += len(view)
+        # counted from the sink, so a write cut short (a signal, a full disk) still counts
+        # exactly what reached the output
+        sink = self.sink
+        before = sink.written
+        try:
+            sink.write(view)
+        finally:
+            self.filled += sink.written - before
 
     def sent(self, count: int) -> None:
         """``count`` bytes the sink already moved by zero-copy."""
@@ -158,8 +165,12 @@ class FormatWriter:
 
     def zeros(self, count: int) -> None:
         """``count`` zero bytes standing for memory that could not be read."""
-        self.sink.write_zeros(count)
-        self.filled += count
+        sink = self.sink
+        before = sink.written
+        try:
+            sink.write_zeros(count)
+        finally:
+            self.filled += sink.written - before
 
     def hole(self, hole: Hole) -> None:
         """Memory the source could not give: a structured format keeps its place with zeros."""
@@ -170,6 +181,7 @@ class FormatWriter:
         if self.current != index or self.filled != region.size:
             raise RuntimeError(f"region {region} closed after {self.filled} of {region.size} bytes")
         self.current = None
+        self.reached = region.end
         self.on_region(region.start, region.end)
 
     def close_open(self) -> None:
@@ -183,5 +195,5 @@ class FormatWriter:
     def position(self) -> Optional[int]:
         """The memory address the output had reached (None before the first region)."""
         if self.current is None:
-            return None
+            return self.reached
         return self.regions[self.current].start + self.filled

@@ -71,7 +71,7 @@ def test_output_file_option(plain_root, capfdbinary, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["-b", "4x"], "bad -b value"), (["-s", "-1"], "bad -s value"), (["-p", "1.5k"], "bad -p value"),
     (["-s", "12q"], "bad -s value"), (["-b", "2g"], "above 1 GiB"),
-    (["-m", "/nonexistent/dir/map"], "create map file"), (["--root", "/nonexistent/root"], "no such directory"),
+    (["-m", "/nonexistent/dir/map"], "-m /nonexistent/dir/map: No such file"), (["--root", "/nonexistent/root"], "no such directory"),
     (["--source", "nonsense"], "nonsense"), (["-x"], "-x"), (["extra"], "extra"),
 ])
 def test_bad_input_gives_one_line_and_non_zero_exit(args, message, plain_root, capfdbinary):
