@@ -67,8 +67,13 @@ def verify(path: str, manifest_path: str) -> List[str]:
                     problems.append(f"{name} {value} != {digests[name]} per the manifest")
     if not complete:
         where = record.get("stopped_at") or {}
-        problems.append(f"the manifest records an incomplete image ({record.get('error') or 'no reason given'}; "
-                        f"it stops at output offset {where.get('output_offset')})")
+        if record.get("error"):
+            problems.append(f"the manifest records an incomplete image ({record['error']}; "
+                            f"it stops at output offset {where.get('output_offset')})")
+        else:  # a checkpoint: the dump was killed, or is still running
+            problems.append(f"the manifest records an incomplete image (the dump did not finish: its last "
+                            f"checkpoint, {record.get('checkpoint') or record.get('started')}, records "
+                            f"{record.get('bytes_written')} bytes written)")
     if problems:
         raise MemdumpError(f"{path}: verify failed: " + "; ".join(problems))
     lines.append(f"{path}: verified against {manifest_path}")
