@@ -344,7 +344,8 @@ class _Run:
         digests = sink.digests()
         if self.manifest is not None:
             self._account(result)
-            self.manifest.finish(bytes_written=sink.written, digests=digests, stopped=result.stopped)
+            self.manifest.finish(bytes_written=sink.written, digests=digests, stopped=result.stopped,
+                                 address=self._address())
             self.files.write_manifest(self.manifest)
         sidecars = self.files.sidecars()
         self.files.write_sidecars(digests)

@@ -236,6 +236,7 @@ def test_checkpoints_from_the_walk_are_valid_json(small, tmp_path, monkeypatch):
     assert [r["complete"] for r in rendered] == [False] * (len(rendered) - 1) + [True]
     progress = [r["bytes_written"] for r in rendered]
     assert progress == sorted(progress) and progress[-1] == result.bytes_written == out.stat().st_size
+    assert rendered[-1]["address_reached"] == rendered[-1]["regions"][-1]["end"]
 
 
 def test_signal_handlers_are_restored_and_ignored_signals_stay_ignored(small, tmp_path):
