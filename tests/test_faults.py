@@ -23,7 +23,7 @@ import time
 import pytest
 
 from memdump import walk as walk_mod
-from memdump.acquire import DumpOptions, SignalGuard, acquire
+from memdump.acquisition import DumpOptions, SignalGuard, acquire
 from memdump.manifest import Records
 
 from conftest import REPO, run_main, run_subprocess
